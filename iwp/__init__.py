@@ -1,0 +1,7 @@
+"""IWP: training-free visual-token pruning as implicit weight pruning (arXiv 2604.00757)."""
+from . import dual_form, mmr
+from .baselines import SelectorInput
+from .selection import CATEGORIES, Selection, TokenGroup
+from .selectors import SELECTORS, select
+
+__all__ = ["dual_form", "mmr", "SelectorInput", "Selection", "TokenGroup", "CATEGORIES", "SELECTORS", "select"]

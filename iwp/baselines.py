@@ -1,0 +1,110 @@
+"""Peer selectors on IWP's interface: SelectorInput and a budget in, picked indices in pick order out.
+
+Each is this project's implementation of the published idea (method.md 8), run through the same hook.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .dual_form import information_magnitude
+
+
+@dataclass
+class SelectorInput:
+    """What the pruning layer knows about one image's (or one video's) N visual tokens.
+
+    q: [Hq,T,d] pre-RoPE queries of the text after the last visual token; k, v: [Hkv,N,d] pre-RoPE keys
+    and values; k_rope: [Hkv,N,d] keys after RoPE; q_last_rope: [Hq,1,d] the last prompt token's query
+    after RoPE; features: [N,D] hidden states entering the layer; grid: (frames, rows, cols) of the tokens
+    in raster order when they form one, else None; seed: for the random selector.
+    """
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    k_rope: Tensor | None = None
+    q_last_rope: Tensor | None = None
+    features: Tensor | None = None
+    grid: tuple[int, int, int] | None = None
+    seed: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.k.shape[1]
+
+
+def _budget(inp: SelectorInput, budget: int) -> int:
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    return min(budget, inp.n)
+
+
+def random(inp: SelectorInput, budget: int) -> Tensor:
+    """A seeded uniformly random subset: the floor every selector must beat."""
+    gen = torch.Generator().manual_seed(inp.seed)
+    return torch.randperm(inp.n, generator=gen)[:_budget(inp, budget)].to(inp.k.device)
+
+
+def _grid_coords(inp: SelectorInput) -> Tensor:
+    """(frame, row, col) of each token, as floats; a 1-D strip when there is no grid."""
+    f, r, c = inp.grid if inp.grid is not None and inp.grid[0] * inp.grid[1] * inp.grid[2] == inp.n else (1, 1, inp.n)
+    idx = torch.arange(inp.n)
+    # frames are spaced wider than any image, so spreading over frames comes first
+    return torch.stack([idx // (r * c) * float(r + c), (idx % (r * c)) // c, idx % c], dim=1).float()
+
+
+def uniform(inp: SelectorInput, budget: int) -> Tensor:
+    """Tokens evenly spread over the grid (farthest-point order on token coordinates), query-agnostic."""
+    return _farthest_point(_grid_coords(inp), _budget(inp, budget), metric="euclidean").to(inp.k.device)
+
+
+def fastv(inp: SelectorInput, budget: int) -> Tensor:
+    """FastV (Chen et al., ECCV 2024): top attention from the last prompt token, averaged over heads.
+
+    The softmax runs over the visual keys (after RoPE); no value norm, no duplication term.
+    """
+    if inp.q_last_rope is None or inp.k_rope is None:
+        raise ValueError("fastv needs q_last_rope and k_rope")
+    attn = information_magnitude(inp.q_last_rope, inp.k_rope, torch.ones_like(inp.v[..., :1]))
+    return _top(attn, _budget(inp, budget))
+
+
+def magnitude(inp: SelectorInput, budget: int) -> Tensor:
+    """IWP's information magnitude alone, top-K (the magnitude-only ablation of the IWP paper)."""
+    return _top(information_magnitude(inp.q, inp.k, inp.v), _budget(inp, budget))
+
+
+def divprune(inp: SelectorInput, budget: int) -> Tensor:
+    """DivPrune (Alvar et al., CVPR 2025): greedy max-min cosine diversity of the token features."""
+    if inp.features is None:
+        raise ValueError("divprune needs features")
+    return _farthest_point(inp.features.float(), _budget(inp, budget), metric="cosine")
+
+
+def _top(score: Tensor, budget: int) -> Tensor:
+    """Indices of the highest scores, best first, ties to the lowest index."""
+    return score.sort(descending=True, stable=True).indices[:budget]
+
+
+def _farthest_point(x: Tensor, budget: int, metric: str) -> Tensor:
+    """Greedy max-min selection, starting from the point farthest from the mean."""
+    n = x.shape[0]
+    picks = torch.empty(budget, dtype=torch.long, device=x.device)
+    if budget == 0:
+        return picks
+
+    def dist(a: Tensor, b: Tensor) -> Tensor:
+        if metric == "cosine":
+            return 1 - torch.nn.functional.cosine_similarity(a, b[None, :], dim=-1)
+        return (a - b[None, :]).norm(dim=-1)
+
+    nearest = torch.full((n,), float("inf"), device=x.device)
+    current = dist(x, x.mean(0)).argmax()
+    for t in range(budget):
+        picks[t] = current
+        nearest = torch.minimum(nearest, dist(x, x[current]))
+        nearest[current] = -1.0                      # never picked again
+        current = nearest.argmax()
+    return picks

@@ -1,0 +1,82 @@
+"""The dual form of attention: information magnitude and duplication of visual tokens (method.md 2-3).
+
+Each key/value pair adds one rank-1 update dW_i = phi(k_i)^T v_i to the implicit weight of attention;
+these functions score those updates without ever building phi.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _check_qkv(k: Tensor, v: Tensor) -> None:
+    if k.ndim != 3 or v.ndim != 3:
+        raise ValueError(f"k and v must be [heads, N, dim], got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[:2] != v.shape[:2]:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must share heads and N")
+
+
+def information_magnitude(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Score_i = softmax_i(q.k_i / sqrt d) * ||v_i||, averaged over query heads and query tokens.
+
+    q [Hq,T,d] and k [Hkv,N,d] before RoPE, v [Hkv,N,dv]; query head h reads KV head h // (Hq/Hkv).
+    Returns [N] in float32.
+    """
+    _check_qkv(k, v)
+    if q.ndim != 3 or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q must be [Hq, T, d] with d = {k.shape[-1]}, got {tuple(q.shape)}")
+    hq, t, d = q.shape
+    hkv, n, _ = k.shape
+    if hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of KV heads ({hkv})")
+    if n == 0 or t == 0:
+        return torch.zeros(n, dtype=torch.float32, device=k.device)
+    # Group the query heads of each KV head so one batched matmul serves GQA without copying k.
+    qg = q.float().reshape(hkv, (hq // hkv) * t, d)
+    logits = torch.matmul(qg, k.float().transpose(1, 2)) / math.sqrt(d)   # [Hkv, G*T, N]
+    attn = logits.softmax(dim=-1)
+    value_norm = v.float().norm(dim=-1)                                     # [Hkv, N]
+    return (attn * value_norm[:, None, :]).mean(dim=(0, 1))
+
+
+class DualFactors:
+    """Per-token pieces of S_ij = sum_h w_i^h w_j^h cos(v_i^h, v_j^h) exp(-|k_i^h - k_j^h|^2 / (2 sqrt d)).
+
+    w_i^h = ||dW_i^h|| / sqrt(sum_h ||dW_i^h||^2), computed in log space, so huge keys stay finite.
+    """
+
+    def __init__(self, k: Tensor, v: Tensor):
+        _check_qkv(k, v)
+        self.k = k.float()
+        self.d = k.shape[-1]
+        v = v.float()
+        v_norm = v.norm(dim=-1).clamp_min(1e-30)                             # [H, N]
+        self.v_unit = v / v_norm[..., None]
+        self.k_sq = (self.k * self.k).sum(-1)                                # [H, N]
+        # log ||dW_i^h|| = ||k_i^h||^2 / (2 sqrt d) + log ||v_i^h||
+        log_norm = self.k_sq / (2 * math.sqrt(self.d)) + v_norm.log()
+        self.w = (log_norm - torch.logsumexp(2 * log_norm, dim=0, keepdim=True) / 2).exp()
+
+    def __len__(self) -> int:
+        return self.k.shape[1]
+
+    def block(self, rows: Tensor | slice | None = None, cols: Tensor | slice | None = None) -> Tensor:
+        """S restricted to token rows x cols, [R, C] float32 in [-1, 1]."""
+        r = slice(None) if rows is None else rows
+        c = slice(None) if cols is None else cols
+        kr, kc = self.k[:, r], self.k[:, c]
+        sq_dist = (self.k_sq[:, r, None] + self.k_sq[:, None, c] - 2 * kr @ kc.transpose(1, 2)).clamp_min(0)
+        rbf = torch.exp(-sq_dist / (2 * math.sqrt(self.d)))
+        cos_v = self.v_unit[:, r] @ self.v_unit[:, c].transpose(1, 2)
+        s = (self.w[:, r, None] * self.w[:, None, c] * cos_v * rbf).sum(0)
+        return s.clamp(-1.0, 1.0)
+
+
+def information_duplication(k: Tensor, v: Tensor) -> Tensor:
+    """S [N,N]: the cosine between the rank-1 updates of tokens i and j, over all KV heads.
+
+    k [Hkv,N,d] after RoPE, v [Hkv,N,dv]. Builds the full matrix: small N only (tests, pictures).
+    """
+    return DualFactors(k, v).block()

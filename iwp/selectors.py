@@ -1,0 +1,43 @@
+"""IWP's own selector and the registry of every selector the hook can run by name."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor
+
+from . import baselines
+from .baselines import SelectorInput
+from .dual_form import information_magnitude
+from .mmr import pc_mmr
+
+DEFAULT_LAM = 0.5
+DEFAULT_FIRST_CHUNK = 1
+DEFAULT_GROWTH = 2.0
+
+
+def iwp(inp: SelectorInput, budget: int, lam: float = DEFAULT_LAM, first_chunk: int = DEFAULT_FIRST_CHUNK,
+        growth: float = DEFAULT_GROWTH) -> Tensor:
+    """IWP: information magnitude (pre-RoPE) traded against duplication (post-RoPE keys) by PC-MMR."""
+    m = information_magnitude(inp.q, inp.k, inp.v)
+    k_dup = inp.k_rope if inp.k_rope is not None else inp.k
+    return pc_mmr(m, k_dup, inp.v, budget, lam=lam, first_chunk=first_chunk, growth=growth)
+
+
+SELECTORS: dict[str, Callable[..., Tensor]] = {
+    "iwp": iwp,
+    "fastv": baselines.fastv,
+    "divprune": baselines.divprune,
+    "magnitude": baselines.magnitude,
+    "uniform": baselines.uniform,
+    "random": baselines.random,
+}
+IWP_PARAMS = ("lam", "first_chunk", "growth")
+
+
+def select(method: str, inp: SelectorInput, budget: int, **params) -> Tensor:
+    """Run the named selector; IWP takes lam/first_chunk/growth, the peers take no parameters."""
+    if method not in SELECTORS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(SELECTORS)}")
+    if method != "iwp":
+        params = {}
+    return SELECTORS[method](inp, budget, **params)
