@@ -49,28 +49,35 @@ class DualFactors:
 
     def __init__(self, k: Tensor, v: Tensor):
         _check_qkv(k, v)
-        self.k = k.float()
         self.d = k.shape[-1]
+        k = k.float()
+        # log||dW_i^h|| needs the raw key norm; distances do not change under a shift, and centring the keys
+        # keeps |a|^2 + |b|^2 - 2ab from cancelling catastrophically when keys share a large offset.
+        raw_sq = (k * k).sum(-1)                                             # [H, N]
+        self.k = k - k.mean(dim=1, keepdim=True)
         v = v.float()
         v_norm = v.norm(dim=-1).clamp_min(1e-30)                             # [H, N]
         self.v_unit = v / v_norm[..., None]
-        self.k_sq = (self.k * self.k).sum(-1)                                # [H, N]
+        self.k_sq = (self.k * self.k).sum(-1)                                # centred, for distances
         # log ||dW_i^h|| = ||k_i^h||^2 / (2 sqrt d) + log ||v_i^h||
-        log_norm = self.k_sq / (2 * math.sqrt(self.d)) + v_norm.log()
+        log_norm = raw_sq / (2 * math.sqrt(self.d)) + v_norm.log()
         self.w = (log_norm - torch.logsumexp(2 * log_norm, dim=0, keepdim=True) / 2).exp()
 
     def __len__(self) -> int:
         return self.k.shape[1]
 
-    def block(self, rows: Tensor | slice | None = None, cols: Tensor | slice | None = None) -> Tensor:
-        """S restricted to token rows x cols, [R, C] float32 in [-1, 1]."""
-        r = slice(None) if rows is None else rows
-        c = slice(None) if cols is None else cols
-        kr, kc = self.k[:, r], self.k[:, c]
-        sq_dist = (self.k_sq[:, r, None] + self.k_sq[:, None, c] - 2 * kr @ kc.transpose(1, 2)).clamp_min(0)
+    def block(self, rows: Tensor | None = None, cols: Tensor | None = None) -> Tensor:
+        """S restricted to token rows x cols (index tensors; None = all), [R, C] float32 in [-1, 1]."""
+        n = len(self)
+        rows = torch.arange(n, device=self.k.device) if rows is None else rows
+        cols = torch.arange(n, device=self.k.device) if cols is None else cols
+        kr, kc = self.k[:, rows], self.k[:, cols]
+        sq_dist = (self.k_sq[:, rows, None] + self.k_sq[:, None, cols] - 2 * kr @ kc.transpose(1, 2)).clamp_min(0)
+        # a token's distance to itself is exactly 0, whatever float32 cancellation says
+        sq_dist = sq_dist.masked_fill(rows[:, None] == cols[None, :], 0.0)
         rbf = torch.exp(-sq_dist / (2 * math.sqrt(self.d)))
-        cos_v = self.v_unit[:, r] @ self.v_unit[:, c].transpose(1, 2)
-        s = (self.w[:, r, None] * self.w[:, None, c] * cos_v * rbf).sum(0)
+        cos_v = self.v_unit[:, rows] @ self.v_unit[:, cols].transpose(1, 2)
+        s = (self.w[:, rows, None] * self.w[:, None, cols] * cos_v * rbf).sum(0)
         return s.clamp(-1.0, 1.0)
 
 

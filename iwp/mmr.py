@@ -55,12 +55,16 @@ def greedy_mmr(m: Tensor, S: Tensor, budget: int, lam: float = 0.5) -> Tensor:
     return picks
 
 
-def chunk_sizes(budget: int, first_chunk: int = 1, growth: float = 2.0) -> list[int]:
-    """The PC-MMR schedule: chunk sizes starting at first_chunk, times growth each step, summing to budget."""
+def _check_schedule(first_chunk: int, growth: float) -> None:
     if first_chunk < 1:
         raise ValueError(f"first_chunk must be >= 1, got {first_chunk}")
     if growth < 1.0:
         raise ValueError(f"growth must be >= 1, got {growth}")
+
+
+def chunk_sizes(budget: int, first_chunk: int = 1, growth: float = 2.0) -> list[int]:
+    """The largest chunks PC-MMR may take: first_chunk, times growth each step, summing to budget."""
+    _check_schedule(first_chunk, growth)
     sizes, size, left = [], float(first_chunk), budget
     while left > 0:
         c = min(max(1, int(size)), left)
@@ -72,42 +76,51 @@ def chunk_sizes(budget: int, first_chunk: int = 1, growth: float = 2.0) -> list[
 
 def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
            first_chunk: int = 1, growth: float = 2.0) -> Tensor:
-    """Progressive chunked MMR: each step adds a chunk of c tokens, c growing geometrically.
+    """Progressive chunked MMR: each step takes up to c tokens at once, c growing geometrically.
 
-    The chunk is the best c of the top-2c MMR candidates, each rescored against the candidates ranked
-    above it (so a near-copy of a stronger candidate falls out). Redundancy is updated with one [N x c]
-    block of S per step; the [N x N] matrix is never built. The schedule is fixed up front, so the loop
-    never waits on the device. With chunks of one it is exactly greedy_mmr.
+    Candidates are the top 2c by MMR score. Each is rescored against the candidates ranked above it (a
+    near-copy of a stronger candidate falls back), and taken only if its rescored value still beats the
+    best token outside the pool: greedy MMR would then pick it before any outsider. The best candidate is
+    always taken, so chunks of one are exactly greedy_mmr. Redundancy is updated with one [N x c] block
+    of S per step; the [N x N] matrix is never built.
     """
     budget = _check_budget(m, budget)
     _check_lam(lam)
+    _check_schedule(first_chunk, growth)
     factors = DualFactors(k, v)
-    n = m.shape[0]
+    n, device = m.shape[0], m.device
     if len(factors) != n:
         raise ValueError(f"m has {n} tokens but k/v have {len(factors)}")
-    if budget == 0:
-        return torch.empty(0, dtype=torch.long, device=m.device)
     relevance = _relevance(m, lam)
-    red = torch.zeros(n, device=m.device)     # redundancy; 0 while nothing is picked
-    taken = torch.zeros(n, dtype=torch.bool, device=m.device)
-    picks = []
-    for step, c in enumerate(chunk_sizes(budget, first_chunk, growth)):
+    red = torch.zeros(n, device=device)       # redundancy; 0 while nothing is picked
+    taken = torch.zeros(n, dtype=torch.bool, device=device)
+    picks: list[Tensor] = []
+    left, size, step = budget, float(first_chunk), 0
+    while left > 0:
+        c = min(max(1, int(size)), left)
         score = (relevance - (1 - lam) * red).masked_fill(taken, float("-inf"))
-        n_cand = min(2 * c, n - sum(p.numel() for p in picks))
-        # stable descending sort: equal scores keep index order, as greedy's argmax does
-        cand = score.sort(descending=True, stable=True).indices[:n_cand]
-        if c > 1:
-            ranked_above = torch.ones(n_cand, n_cand, dtype=torch.bool, device=m.device).tril(-1)
+        ranked = score.sort(descending=True, stable=True)   # stable: ties keep index order, as argmax does
+        pool = min(2 * c, n - (budget - left))
+        cand = ranked.indices[:pool]
+        if c == 1:
+            chosen = cand[:1]
+        else:
+            outside_best = ranked.values[pool] if pool < n else score.new_tensor(float("-inf"))
+            ranked_above = torch.ones(pool, pool, dtype=torch.bool, device=device).tril(-1)
             s_above = factors.block(cand, cand).masked_fill(~ranked_above, float("-inf")).max(dim=1).values
             cand_red = red[cand] if step > 0 else torch.full_like(s_above, float("-inf"))
             new_red = torch.maximum(cand_red, s_above)
             new_red = new_red.masked_fill(torch.isinf(new_red), 0.0)       # first pick of all: red = 0
             rescored = relevance[cand] - (1 - lam) * new_red
-            cand = cand[rescored.sort(descending=True, stable=True).indices[:c]]
-        else:
-            cand = cand[:1]
-        picks.append(cand)
-        taken[cand] = True
-        block_max = factors.block(None, cand).max(dim=1).values
+            accept = rescored >= outside_best
+            accept[0] = True
+            n_accept = min(c, int(accept.sum()))                            # one host sync per step
+            chosen = cand[rescored.masked_fill(~accept, float("-inf")).sort(descending=True, stable=True).indices[:n_accept]]
+        picks.append(chosen)
+        taken[chosen] = True
+        left -= chosen.numel()
+        block_max = factors.block(None, chosen).max(dim=1).values
         red = block_max if step == 0 else torch.maximum(red, block_max)
-    return torch.cat(picks)
+        size *= growth
+        step += 1
+    return torch.cat(picks) if picks else torch.empty(0, dtype=torch.long, device=device)
