@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .dual_form import information_duplication, information_magnitude
+from .dual_form import DualFactors, information_duplication, information_magnitude
 from .mmr import greedy_mmr, pc_mmr
 from .selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
 
@@ -65,6 +65,24 @@ def _timed(fn, device: str, repeats: int, warmup: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def _count_steps(run) -> int:
+    """PC-MMR steps of one run: each step computes exactly one column block of S."""
+    calls = 0
+    original = DualFactors.columns
+
+    def counting(self, cols):
+        nonlocal calls
+        calls += 1
+        return original(self, cols)
+
+    DualFactors.columns = counting
+    try:
+        run()
+    finally:
+        DualFactors.columns = original
+    return calls
+
+
 def bench_selection(sizes, device: str, ratio: float, repeats: int, greedy_repeats: int, warmup: int,
                     lam: float, first_chunk: int, growth: float) -> list[dict]:
     rows = []
@@ -79,14 +97,15 @@ def bench_selection(sizes, device: str, ratio: float, repeats: int, greedy_repea
             return greedy_mmr(information_magnitude(q, k, v), information_duplication(k, v), budget, lam)
 
         pc_ms, pc_picks = _timed(run_pc, device, repeats, warmup)
+        steps = _count_steps(run_pc)
         greedy_ms, greedy_picks = _timed(run_greedy, device, greedy_repeats, 1)
         score_ms, _ = _timed(lambda: information_magnitude(q, k, v), device, repeats, warmup)
         shared = len(set(pc_picks.tolist()) & set(greedy_picks.tolist())) / budget
         rows.append({"n": n, "budget": budget, "pc_mmr_ms": round(pc_ms, 3), "greedy_mmr_ms": round(greedy_ms, 3),
                      "scoring_only_ms": round(score_ms, 3), "speedup": round(greedy_ms / pc_ms, 2),
-                     "shared_with_greedy": round(shared, 4)})
+                     "shared_with_greedy": round(shared, 4), "pc_mmr_steps": steps})
         print(f"N={n:6d} K={budget:5d}  scoring+PC-MMR {pc_ms:8.2f} ms   scoring+greedy {greedy_ms:9.2f} ms"
-              f"   x{greedy_ms / pc_ms:6.1f}   shared picks {shared:.1%}", flush=True)
+              f"   x{greedy_ms / pc_ms:6.1f}   shared picks {shared:.1%}   steps {steps}", flush=True)
         del q, k, v
         if device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -45,26 +45,38 @@ class DualFactors:
     """Per-token pieces of S_ij = sum_h w_i^h w_j^h cos(v_i^h, v_j^h) exp(-|k_i^h - k_j^h|^2 / (2 sqrt d)).
 
     w_i^h = ||dW_i^h|| / sqrt(sum_h ||dW_i^h||^2), computed in log space, so huge keys stay finite.
+    The weights are folded into unit values (u_i^h = w_i^h v_i^h / ||v_i^h||), so a block of S costs two
+    batched matmuls and one elementwise product.
     """
 
     def __init__(self, k: Tensor, v: Tensor):
         _check_qkv(k, v)
         self.d = k.shape[-1]
         k = k.float()
-        # log||dW_i^h|| needs the raw key norm; distances do not change under a shift, and centring the keys
-        # keeps |a|^2 + |b|^2 - 2ab from cancelling catastrophically when keys share a large offset.
-        raw_sq = (k * k).sum(-1)                                             # [H, N]
-        self.k = k - k.mean(dim=1, keepdim=True)
         v = v.float()
-        v_norm = v.norm(dim=-1).clamp_min(1e-30)                             # [H, N]
-        self.v_unit = v / v_norm[..., None]
-        self.k_sq = (self.k * self.k).sum(-1)                                # centred, for distances
-        # log ||dW_i^h|| = ||k_i^h||^2 / (2 sqrt d) + log ||v_i^h||
-        log_norm = raw_sq / (2 * math.sqrt(self.d)) + v_norm.log()
-        self.w = (log_norm - torch.logsumexp(2 * log_norm, dim=0, keepdim=True) / 2).exp()
+        raw_sq = (k * k).sum(-1)                                             # [H, N]
+        # distances do not change under a shift, and centring the keys keeps |a|^2 + |b|^2 - 2ab from
+        # cancelling catastrophically when keys share a large offset (real LLM keys do)
+        self.k = k - k.mean(dim=1, keepdim=True)
+        self.k_sq = (self.k * self.k).sum(-1)
+        v_norm = v.norm(dim=-1).clamp_min(1e-30)
+        log_norm = raw_sq / (2 * math.sqrt(self.d)) + v_norm.log()          # log ||dW_i^h||
+        w = (log_norm - torch.logsumexp(2 * log_norm, dim=0, keepdim=True) / 2).exp()
+        self.u = v * (w / v_norm)[..., None]
+        self.scale = -1.0 / (2 * math.sqrt(self.d))
+        # -|a - b|^2 / (2 sqrt d) = [a, -|a|^2/(2 sqrt d), 1] . [b / sqrt d, 1, -|b|^2/(2 sqrt d)]: one bmm
+        half_sq = self.k_sq[..., None] * -self.scale
+        ones = torch.ones_like(half_sq)
+        self.k_left = torch.cat([self.k, -half_sq, ones], dim=-1)
+        self.k_right = torch.cat([self.k / math.sqrt(self.d), ones, -half_sq], dim=-1)
 
     def __len__(self) -> int:
         return self.k.shape[1]
+
+    def columns(self, cols: Tensor) -> Tensor:
+        """S[:, cols] for all N tokens, [N, C] float32. The fast path of PC-MMR."""
+        rbf = torch.bmm(self.k_left, self.k_right[:, cols].transpose(1, 2)).clamp_max_(0).exp_()
+        return torch.bmm(self.u, self.u[:, cols].transpose(1, 2)).mul_(rbf).sum(0).clamp_(-1.0, 1.0)
 
     def block(self, rows: Tensor | None = None, cols: Tensor | None = None) -> Tensor:
         """S restricted to token rows x cols (index tensors; None = all), [R, C] float32 in [-1, 1]."""
@@ -75,9 +87,7 @@ class DualFactors:
         sq_dist = (self.k_sq[:, rows, None] + self.k_sq[:, None, cols] - 2 * kr @ kc.transpose(1, 2)).clamp_min(0)
         # a token's distance to itself is exactly 0, whatever float32 cancellation says
         sq_dist = sq_dist.masked_fill(rows[:, None] == cols[None, :], 0.0)
-        rbf = torch.exp(-sq_dist / (2 * math.sqrt(self.d)))
-        cos_v = self.v_unit[:, rows] @ self.v_unit[:, cols].transpose(1, 2)
-        s = (self.w[:, rows, None] * self.w[:, None, cols] * cos_v * rbf).sum(0)
+        s = ((self.u[:, rows] @ self.u[:, cols].transpose(1, 2)) * torch.exp(sq_dist * self.scale)).sum(0)
         return s.clamp(-1.0, 1.0)
 
 

@@ -78,11 +78,12 @@ def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
            first_chunk: int = 1, growth: float = 2.0) -> Tensor:
     """Progressive chunked MMR: each step takes up to c tokens at once, c growing geometrically.
 
-    Candidates are the top 2c by MMR score. Each is rescored against the candidates ranked above it (a
-    near-copy of a stronger candidate falls back), and taken only if its rescored value still beats the
-    best token outside the pool: greedy MMR would then pick it before any outsider. The best candidate is
-    always taken, so chunks of one are exactly greedy_mmr. Redundancy is updated with one [N x c] block
-    of S per step; the [N x N] matrix is never built.
+    Candidates are the top 2c by MMR score. Each candidate j is rescored with the redundancy it would have
+    after every candidate that could still be picked before it (ranked above it, or scoring above j's
+    rescored value: a short fixed-point iteration), and taken only if that still beats the best token
+    outside the pool: greedy MMR would then pick it before any outsider. The best candidate is always
+    taken, so chunks of one are exactly greedy_mmr. Redundancy is updated with one [N x 2c] block of S
+    per step; the [N x N] matrix is never built.
     """
     budget = _check_budget(m, budget)
     _check_lam(lam)
@@ -94,32 +95,47 @@ def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
     relevance = _relevance(m, lam)
     red = torch.zeros(n, device=device)       # redundancy; 0 while nothing is picked
     taken = torch.zeros(n, dtype=torch.bool, device=device)
+    max_pool = min(2 * budget, n)             # chunks can outgrow the schedule when some picks wait
+    above = torch.ones(max_pool, max_pool, dtype=torch.bool, device=device).tril(-1)
+    itself = torch.eye(max_pool, dtype=torch.bool, device=device)
     picks: list[Tensor] = []
     left, size, step = budget, float(first_chunk), 0
     while left > 0:
         c = min(max(1, int(size)), left)
-        score = (relevance - (1 - lam) * red).masked_fill(taken, float("-inf"))
-        ranked = score.sort(descending=True, stable=True)   # stable: ties keep index order, as argmax does
-        pool = min(2 * c, n - (budget - left))
-        cand = ranked.indices[:pool]
+        score = torch.add(relevance, red, alpha=-(1 - lam)).masked_fill_(taken, float("-inf"))
         if c == 1:
-            chosen = cand[:1]
+            chosen = score.argmax().reshape(1)                              # first maximum, as greedy
+            s_cols = factors.columns(chosen)
         else:
-            outside_best = ranked.values[pool] if pool < n else score.new_tensor(float("-inf"))
-            ranked_above = torch.ones(pool, pool, dtype=torch.bool, device=device).tril(-1)
-            s_above = factors.block(cand, cand).masked_fill(~ranked_above, float("-inf")).max(dim=1).values
-            cand_red = red[cand] if step > 0 else torch.full_like(s_above, float("-inf"))
-            new_red = torch.maximum(cand_red, s_above)
-            new_red = new_red.masked_fill(torch.isinf(new_red), 0.0)       # first pick of all: red = 0
-            rescored = relevance[cand] - (1 - lam) * new_red
-            accept = rescored >= outside_best
-            accept[0] = True
-            n_accept = min(c, int(accept.sum()))                            # one host sync per step
-            chosen = cand[rescored.masked_fill(~accept, float("-inf")).sort(descending=True, stable=True).indices[:n_accept]]
+            remaining = n - (budget - left)
+            ranked = score.sort(descending=True, stable=True)   # stable: ties keep index order, as argmax
+            pool = min(2 * c, remaining)
+            cand, cand_score = ranked.indices[:pool], ranked.values[:pool]
+            s_cols = factors.columns(cand)                                  # [N, pool]: the step's one block
+            s_pool = s_cols[cand]
+            base_red = red[cand] if step > 0 else torch.zeros(pool, device=device)
+            first = step == 0
+            rivals = above[:pool, :pool]
+            for _ in range(3):                                              # converges in 2-3 rounds
+                s_rivals = s_pool.masked_fill(~rivals, float("-inf")).amax(dim=1)
+                new_red = torch.maximum(base_red, s_rivals)
+                if first:                                                   # nothing picked yet: red 0
+                    new_red = torch.where(rivals.any(dim=1), s_rivals, base_red)
+                rescored = torch.add(relevance[cand], new_red, alpha=-(1 - lam))
+                rivals = above[:pool, :pool] | ((cand_score[None, :] > rescored[:, None]) & ~itself[:pool, :pool])
+            if pool < remaining:
+                accept = rescored >= ranked.values[pool]                    # beats every token outside
+                accept[0] = True
+                n_accept = min(c, int(accept.sum()))                        # one host sync per step
+                rescored = rescored.masked_fill_(~accept, float("-inf"))
+            else:
+                n_accept = c
+            local = rescored.sort(descending=True, stable=True).indices[:n_accept]
+            chosen, s_cols = cand[local], s_cols[:, local]
         picks.append(chosen)
         taken[chosen] = True
         left -= chosen.numel()
-        block_max = factors.block(None, chosen).max(dim=1).values
+        block_max = s_cols.amax(dim=1)
         red = block_max if step == 0 else torch.maximum(red, block_max)
         size *= growth
         step += 1
