@@ -12,7 +12,7 @@ from .mmr import pc_mmr
 
 DEFAULT_LAM = 0.5
 DEFAULT_FIRST_CHUNK = 1
-DEFAULT_GROWTH = 2.0
+DEFAULT_GROWTH = 3.0
 
 
 def iwp(inp: SelectorInput, budget: int, lam: float = DEFAULT_LAM, first_chunk: int = DEFAULT_FIRST_CHUNK,
