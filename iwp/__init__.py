@@ -3,5 +3,8 @@ from . import dual_form, mmr
 from .baselines import SelectorInput
 from .selection import CATEGORIES, Selection, TokenGroup
 from .selectors import SELECTORS, select
+from . import models
+from .patch import apply, last_selection, pruning, remove
 
 __all__ = ["dual_form", "mmr", "SelectorInput", "Selection", "TokenGroup", "CATEGORIES", "SELECTORS", "select"]
+__all__ += ["models", "apply", "remove", "pruning", "last_selection"]
