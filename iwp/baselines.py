@@ -94,17 +94,20 @@ def _farthest_point(x: Tensor, budget: int, metric: str) -> Tensor:
     picks = torch.empty(budget, dtype=torch.long, device=x.device)
     if budget == 0:
         return picks
+    if metric == "cosine":                      # unit rows once: each step is then one matrix-vector product
+        x = torch.nn.functional.normalize(x, dim=-1)
 
-    def dist(a: Tensor, b: Tensor) -> Tensor:
+    def dist(point: Tensor) -> Tensor:
         if metric == "cosine":
-            return 1 - torch.nn.functional.cosine_similarity(a, b[None, :], dim=-1)
-        return (a - b[None, :]).norm(dim=-1)
+            return 1 - x @ point
+        return (x - point[None, :]).norm(dim=-1)
 
+    centre = x.mean(0)
+    current = dist(torch.nn.functional.normalize(centre, dim=0) if metric == "cosine" else centre).argmax()
     nearest = torch.full((n,), float("inf"), device=x.device)
-    current = dist(x, x.mean(0)).argmax()
     for t in range(budget):
         picks[t] = current
-        nearest = torch.minimum(nearest, dist(x, x[current]))
+        nearest = torch.minimum(nearest, dist(x[current]))
         nearest[current] = -1.0                      # never picked again
         current = nearest.argmax()
     return picks

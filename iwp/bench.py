@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from . import _pool_kernel
 from .dual_form import DualFactors, information_duplication, information_magnitude
 from .mmr import greedy_mmr, pc_mmr
 from .selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
@@ -98,14 +99,27 @@ def bench_selection(sizes, device: str, ratio: float, repeats: int, greedy_repea
 
         pc_ms, pc_picks = _timed(run_pc, device, repeats, warmup)
         steps = _count_steps(run_pc)
+        fused = device.startswith("cuda") and _pool_kernel.AVAILABLE
+        if fused:                                   # the same run on the plain PyTorch path, for reference
+            _pool_kernel.AVAILABLE = False
+            try:
+                torch_ms, torch_picks = _timed(run_pc, device, repeats, warmup)
+            finally:
+                _pool_kernel.AVAILABLE = True
         greedy_ms, greedy_picks = _timed(run_greedy, device, greedy_repeats, 1)
         score_ms, _ = _timed(lambda: information_magnitude(q, k, v), device, repeats, warmup)
         shared = len(set(pc_picks.tolist()) & set(greedy_picks.tolist())) / budget
         rows.append({"n": n, "budget": budget, "pc_mmr_ms": round(pc_ms, 3), "greedy_mmr_ms": round(greedy_ms, 3),
                      "scoring_only_ms": round(score_ms, 3), "speedup": round(greedy_ms / pc_ms, 2),
-                     "shared_with_greedy": round(shared, 4), "pc_mmr_steps": steps})
+                     "shared_with_greedy": round(shared, 4), "pc_mmr_steps": steps, "fused_kernel": fused})
+        if fused:
+            rows[-1].update(pc_mmr_pytorch_ms=round(torch_ms, 3),
+                            fused_picks_equal_pytorch=bool(torch.equal(pc_picks, torch_picks)),
+                            fused_shared_with_pytorch=round(len(set(pc_picks.tolist()) & set(torch_picks.tolist())) / budget, 4))
         print(f"N={n:6d} K={budget:5d}  scoring+PC-MMR {pc_ms:8.2f} ms   scoring+greedy {greedy_ms:9.2f} ms"
-              f"   x{greedy_ms / pc_ms:6.1f}   shared picks {shared:.1%}   steps {steps}", flush=True)
+              f"   x{greedy_ms / pc_ms:6.1f}   shared picks {shared:.1%}   steps {steps}"
+              + (f"   (PyTorch path {torch_ms:.2f} ms, same picks: {torch.equal(pc_picks, torch_picks)})" if fused else ""),
+              flush=True)
         del q, k, v
         if device.startswith("cuda"):
             torch.cuda.empty_cache()

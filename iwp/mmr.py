@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _pool_kernel
 from .dual_form import DualFactors
 
 
@@ -74,16 +75,32 @@ def chunk_sizes(budget: int, first_chunk: int = 1, growth: float = 2.0) -> list[
     return sizes
 
 
+def _rescore_torch(s_pool: Tensor, cand_score: Tensor, cand_rel: Tensor, base_red: Tensor, penalty: float,
+                   above: Tensor, rounds: int = 3) -> Tensor:
+    """Each candidate's MMR score after every candidate that could still be picked before it.
+
+    Rivals of candidate j: those ranked above it, and (after the first round) those whose current score
+    beats j's rescored value. base_red is -inf while nothing is picked (redundancy then starts at 0).
+    """
+    rivals = above
+    not_self = ~torch.eye(len(cand_score), dtype=torch.bool, device=s_pool.device)
+    for _ in range(rounds):
+        red = torch.maximum(base_red, s_pool.masked_fill(~rivals, float("-inf")).amax(dim=1))
+        rescored = torch.add(cand_rel, red.masked_fill_(torch.isneginf(red), 0.0), alpha=-penalty)
+        rivals = above | ((cand_score[None, :] > rescored[:, None]) & not_self)
+    return rescored
+
+
 def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
            first_chunk: int = 1, growth: float = 2.0) -> Tensor:
     """Progressive chunked MMR: each step takes up to c tokens at once, c growing geometrically.
 
-    Candidates are the top 2c by MMR score. Each candidate j is rescored with the redundancy it would have
-    after every candidate that could still be picked before it (ranked above it, or scoring above j's
-    rescored value: a short fixed-point iteration), and taken only if that still beats the best token
-    outside the pool: greedy MMR would then pick it before any outsider. The best candidate is always
-    taken, so chunks of one are exactly greedy_mmr. Redundancy is updated with one [N x 2c] block of S
-    per step; the [N x N] matrix is never built.
+    Candidates are the top 2c by MMR score. Each candidate is rescored with the redundancy it would have
+    after every candidate that could still be picked before it (a short fixed point), and taken only if
+    that still beats the best token outside the pool: greedy MMR would then pick it before any outsider.
+    The best candidate is always taken, so chunks of one are exactly greedy_mmr. Redundancy is updated
+    with one [N x 2c] block of S per step; the [N x N] matrix is never built. On CUDA with Triton the
+    rescoring is one fused kernel (iwp/_pool_kernel.py).
     """
     budget = _check_budget(m, budget)
     _check_lam(lam)
@@ -92,37 +109,32 @@ def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
     n, device = m.shape[0], m.device
     if len(factors) != n:
         raise ValueError(f"m has {n} tokens but k/v have {len(factors)}")
-    relevance = _relevance(m, lam)
+    relevance, penalty = _relevance(m, lam), 1.0 - lam
+    fused = device.type == "cuda" and _pool_kernel.AVAILABLE
     red = torch.zeros(n, device=device)       # redundancy; 0 while nothing is picked
     taken = torch.zeros(n, dtype=torch.bool, device=device)
     max_pool = min(2 * budget, n)             # chunks can outgrow the schedule when some picks wait
-    above = torch.ones(max_pool, max_pool, dtype=torch.bool, device=device).tril(-1)
-    itself = torch.eye(max_pool, dtype=torch.bool, device=device)
+    above = None if fused else torch.ones(max_pool, max_pool, dtype=torch.bool, device=device).tril(-1)
     picks: list[Tensor] = []
     left, size, step = budget, float(first_chunk), 0
     while left > 0:
         c = min(max(1, int(size)), left)
-        score = torch.add(relevance, red, alpha=-(1 - lam)).masked_fill_(taken, float("-inf"))
+        score = torch.add(relevance, red, alpha=-penalty).masked_fill_(taken, float("-inf"))
         if c == 1:
             chosen = score.argmax().reshape(1)                              # first maximum, as greedy
             s_cols = factors.columns(chosen)
         else:
             remaining = n - (budget - left)
-            ranked = score.sort(descending=True, stable=True)   # stable: ties keep index order, as argmax
             pool = min(2 * c, remaining)
+            ranked = score.sort(descending=True, stable=True)   # stable: ties keep index order, as argmax
             cand, cand_score = ranked.indices[:pool], ranked.values[:pool]
             s_cols = factors.columns(cand)                                  # [N, pool]: the step's one block
-            s_pool = s_cols[cand]
-            base_red = red[cand] if step > 0 else torch.zeros(pool, device=device)
-            first = step == 0
-            rivals = above[:pool, :pool]
-            for _ in range(3):                                              # converges in 2-3 rounds
-                s_rivals = s_pool.masked_fill(~rivals, float("-inf")).amax(dim=1)
-                new_red = torch.maximum(base_red, s_rivals)
-                if first:                                                   # nothing picked yet: red 0
-                    new_red = torch.where(rivals.any(dim=1), s_rivals, base_red)
-                rescored = torch.add(relevance[cand], new_red, alpha=-(1 - lam))
-                rivals = above[:pool, :pool] | ((cand_score[None, :] > rescored[:, None]) & ~itself[:pool, :pool])
+            base_red = red[cand] if step > 0 else torch.full((pool,), float("-inf"), device=device)
+            if fused:
+                rescored = _pool_kernel.rescore(s_cols[cand], cand_score, relevance[cand], base_red, penalty)
+            else:
+                rescored = _rescore_torch(s_cols[cand], cand_score, relevance[cand], base_red, penalty,
+                                          above[:pool, :pool])
             if pool < remaining:
                 accept = rescored >= ranked.values[pool]                    # beats every token outside
                 accept[0] = True

@@ -60,7 +60,7 @@ class _Cut:
 class _Record:
     """Raw tensors of one prefill's selection; last_selection turns them into Selection objects."""
     settings: Settings
-    groups: list                  # per prompt: list of (Group, picks, magnitude, k_rope, v)
+    groups: list                  # per prompt: list of (Group, picks, q, k, k_rope, v)
     seconds: list                 # per prompt
 
 
@@ -164,7 +164,8 @@ def last_selection(model: nn.Module, image_sizes: list[tuple[int, int]] | None =
     rec, out, sizes = state.record, [], list(image_sizes or [])
     for b, groups in enumerate(rec.groups):
         tgs = []
-        for g, picks, mag, k_rope, v in groups:
+        for g, picks, q, k, k_rope, v in groups:
+            mag = information_magnitude(q, k, v)           # for the picture, whatever the method
             size = sizes.pop(0) if sizes else None
             size = tuple(size) if size is not None else g.info.get("image_size")
             boxes, frames, image_size = state.family.boxes(model, g.info, size, processor)
@@ -298,6 +299,8 @@ def _select(state: _State, layer: nn.Module, hidden: Tensor, kwargs: dict) -> li
     am = state.call.get("attention_mask")
     am = am.bool() if isinstance(am, Tensor) and am.ndim == 2 and am.shape == ids.shape else None
     keeps, rec_groups, seconds = [], [], []
+    if hidden.is_cuda:
+        torch.cuda.synchronize(hidden.device)            # the clock starts when the layers before K are done
     for b in range(B):
         t0 = time.perf_counter()
         gs = groups[b]
@@ -332,9 +335,8 @@ def _select(state: _State, layer: nn.Module, hidden: Tensor, kwargs: dict) -> li
                                 features=hidden[b, g.positions], grid=state.family.grid(g.info), seed=s.seed)
             budget = max(1, round(s.keep_ratio * n)) if s.keep_ratio < 1.0 else n
             picks = select(s.method, inp, budget, **s.params)
-            mag = information_magnitude(q, k[:, sl], v[:, sl])
             kept_pos.append(g.positions[picks])
-            recs.append((g, picks.detach(), mag.detach(), k_rope[:, sl].detach(), v[:, sl].detach()))
+            recs.append((g, picks.detach(), q.detach(), k[:, sl].detach(), k_rope[:, sl].detach(), v[:, sl].detach()))
         keep = torch.cat([(~is_vis).nonzero().squeeze(1), *kept_pos]).sort().values
         if keep.is_cuda:
             torch.cuda.synchronize(keep.device)              # honest timing of scoring + selection
