@@ -1,0 +1,601 @@
+"""Speed at real model sizes: vision, prefill, decode and memory of unpruned vs pruned generate().
+
+Real-size architectures are built from configs with random bf16 weights on the device (no download).
+Inputs are tensors of the shapes the real processors produce (pixel values and text ids are random); the
+visual-token counts follow the processors' rules (OneVision images: counted by the model's own encoder).
+Every configuration (unpruned, and each method x keep ratio through the same iwp.apply hook) runs once
+per round, in a shuffled order, all in one process; medians are taken after the warm-up rounds.
+
+    python -m iwp.bench models --model-shape llava-onevision-7b --input video32 --json out.json
+    python -m iwp.bench models --report assets/benchmarks/models-*.json --plot speed.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import flops
+
+RATIOS = (1.0, 0.333, 0.222, 0.111)
+METHODS = ("iwp", "fastv", "divprune", "random")
+TARGETS = {"decoder_speedup": 4.5, "ttft_speedup": 2.2, "selection_share": 0.02}   # issue 7, at 11.1% kept
+N_TEXT = (14, 49)          # text tokens before / after the visual tokens (63 in all, as in the reference)
+DEFAULT_INPUTS = {         # input kind -> geometry, per model family
+    "llava_onevision": {"image": {"size": (1080, 1920)}, "video32": {"frames": 32}},
+    "qwen2_5_vl": {"image": {"size": (720, 1280)}, "video32": {"frames": 32, "size": (720, 1280), "fps": 2.0}},
+}
+
+
+# --------------------------------------------------------------------------------------------- shapes
+
+SHAPES = ("llava-onevision-7b", "qwen2.5-vl-7b")
+
+
+def real_config(shape: str):
+    """The published architecture of a real-size model as a config (the builders of iwp.realsize)."""
+    from . import realsize
+    builders = {"llava-onevision-7b": realsize.onevision_config, "qwen2.5-vl-7b": realsize.qwen_config}
+    return builders[shape](small=False)
+
+
+def family(model) -> str:
+    kind = model.config.model_type
+    if kind not in DEFAULT_INPUTS:
+        raise ValueError(f"no benchmark inputs for model type {kind!r}")
+    return kind
+
+
+def build_model(config, device: str, dtype: torch.dtype = torch.bfloat16):
+    """Random weights made directly on the device, sdpa attention."""
+    from transformers import LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+    cls = {"llava_onevision": LlavaOnevisionForConditionalGeneration,
+           "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}[config.model_type]
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+@dataclass
+class Prompt:
+    """One benchmark input: generate() kwargs and what the FLOP model needs to know about it."""
+    kind: str
+    kwargs: dict
+    n_total: int
+    n_visual: int
+    vision_flops: int
+    geometry: dict = field(default_factory=dict)
+
+
+def _text_ids(config, n: int, seed: int) -> torch.Tensor:
+    """Random ordinary token ids (never one of the config's special multimodal ids)."""
+    special = {getattr(config, a, None) for a in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                                 "vision_end_token_id")}
+    vocab = config.text_config.vocab_size
+    top = min([s for s in special if s is not None] + [vocab])
+    high = top if top > 16 else vocab
+    ids = torch.randint(1, high, (n,), generator=torch.Generator().manual_seed(seed))
+    return torch.where(torch.isin(ids, torch.tensor([s for s in special if s is not None])), 1, ids)
+
+
+def _ids(config, visual: list[int], seed: int = 0) -> torch.Tensor:
+    pre, post = N_TEXT
+    return torch.cat([_text_ids(config, pre, seed), torch.tensor(visual, dtype=torch.long),
+                      _text_ids(config, post, seed + 1)])[None]
+
+
+def _pooled(out) -> torch.Tensor:
+    """The features of a get_*_features call, across transformers versions (tensor, list or output object)."""
+    feats = getattr(out, "pooler_output", out)
+    return torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats.reshape(-1, feats.shape[-1])
+
+
+def build_prompt(model, kind: str, geometry: dict | None = None, seed: int = 0) -> Prompt:
+    """Inputs of the shapes the family's processor returns, for `kind` in ("image", "video32")."""
+    fam = family(model)
+    geo = dict(DEFAULT_INPUTS[fam][kind] if kind in DEFAULT_INPUTS[fam] else {})
+    geo.update(geometry or {})
+    builder = _ov_prompt if fam == "llava_onevision" else _qwen_prompt
+    return builder(model, kind, geo, seed)
+
+
+def _ov_prompt(model, kind: str, geo: dict, seed: int) -> Prompt:
+    from transformers.image_processing_utils import select_best_resolution
+    cfg, dev, dt = model.config, model.device, model.dtype
+    side = cfg.vision_config.image_size
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        if kind == "image":
+            h, w = geo["size"]
+            best_h, best_w = select_best_resolution((h, w), cfg.image_grid_pinpoints)
+            crops = 1 + (best_h // side) * (best_w // side)
+            pv = torch.randn(1, crops, 3, side, side, generator=gen).to(dev, dt)
+            sizes = torch.tensor([[h, w]], device=dev)
+            n_vis = _pooled(model.model.get_image_features(pixel_values=pv, image_sizes=sizes)).shape[0]
+            ids = _ids(cfg, [cfg.image_token_id] * n_vis, seed).to(dev)
+            kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv, image_sizes=sizes)
+            geometry = {"image_size": [h, w], "crops": crops, "grid": [best_h // side, best_w // side]}
+        else:
+            frames = geo["frames"]
+            crops = frames
+            pv = torch.randn(1, frames, 3, side, side, generator=gen).to(dev, dt)
+            # frames x pooled grid + one newline (LlavaOnevisionProcessor's count); counted, not read off
+            # get_video_features, which appends the newline only from transformers 5.18 on
+            n_vis = frames * math.ceil(side // cfg.vision_config.patch_size / 2) ** 2 + 1
+            ids = _ids(cfg, [cfg.video_token_id] * n_vis, seed).to(dev)
+            kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pv)
+            geometry = {"frames": frames, "frame_size": [side, side]}
+    vis = flops.siglip_flops(cfg.vision_config, crops, projector_out=cfg.text_config.hidden_size)
+    return Prompt(kind, kwargs, ids.shape[1], n_vis, vis, geometry)
+
+
+def smart_resize(h: int, w: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's resize rule (multiples of factor, pixel count clamped); transformers' copy needs torchvision."""
+    rh, rw = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
+    if rh * rw > max_pixels:
+        beta = math.sqrt(h * w / max_pixels)
+        rh = max(factor, math.floor(h / beta / factor) * factor)
+        rw = max(factor, math.floor(w / beta / factor) * factor)
+    elif rh * rw < min_pixels:
+        beta = math.sqrt(min_pixels / (h * w))
+        rh, rw = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+    return rh, rw
+
+
+def _qwen_prompt(model, kind: str, geo: dict, seed: int) -> Prompt:
+    cfg, dev, dt = model.config, model.device, model.dtype
+    vc = cfg.vision_config
+    p, merge, tp = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
+    h, w = geo["size"]
+    if kind == "image":                     # Qwen2VLImageProcessor defaults
+        rh, rw = smart_resize(h, w, factor=p * merge, min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
+        t = 1
+    else:                                   # Qwen2VLVideoProcessor defaults, frames sampled at geo["fps"]
+        rh, rw = smart_resize(h, w, factor=p * merge, min_pixels=128 * 28 * 28, max_pixels=768 * 28 * 28)
+        t = math.ceil(geo["frames"] / tp)
+    grid = (t, rh // p, rw // p)
+    n_patch = grid[0] * grid[1] * grid[2]
+    n_vis = n_patch // merge ** 2
+    pv = torch.randn(n_patch, 3 * tp * p * p, generator=torch.Generator().manual_seed(seed)).to(dev, dt)
+    token = cfg.image_token_id if kind == "image" else cfg.video_token_id
+    ids = _ids(cfg, [cfg.vision_start_token_id] + [token] * n_vis + [cfg.vision_end_token_id], seed).to(dev)
+    mm_types = torch.where(ids == token, 1 if kind == "image" else 2, 0)
+    thw = torch.tensor([grid], device=dev)
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm_types)
+    if kind == "image":
+        kwargs.update(pixel_values=pv, image_grid_thw=thw)
+        geometry = {"image_size": [h, w], "resized": [rh, rw], "grid_thw": list(grid)}
+    else:
+        kwargs.update(pixel_values_videos=pv, video_grid_thw=thw,
+                      second_per_grid_ts=torch.tensor([tp / geo["fps"]], device=dev))
+        geometry = {"frames": geo["frames"], "frame_size": [h, w], "resized": [rh, rw], "grid_thw": list(grid)}
+    return Prompt(kind, kwargs, ids.shape[1], n_vis, flops.qwen_vision_flops(vc, [grid]), geometry)
+
+
+# --------------------------------------------------------------------------------------------- timing
+
+class Probe:
+    """Timestamps at the stage boundaries of one generate() call: CUDA events on a GPU, host clocks on CPU.
+
+    Marks (first occurrence per call unless noted): vision (encoder starts), decoder (language model
+    starts), before_k (layer K-1 done), at_k (layer K's attention starts: scoring, selection and slicing
+    are behind it), logits (every LM-head call).
+    """
+
+    def __init__(self, model, layer: int):
+        self.cuda = model.device.type == "cuda"
+        self.marks: dict[str, list] = {}
+        inner = model.model
+        vision = next(getattr(inner, a) for a in ("vision_tower", "visual", "vision_model") if hasattr(inner, a))
+        lm = inner.language_model
+        layers = lm.layers
+        self.handles = [vision.register_forward_pre_hook(lambda *a: self.mark("vision", first=True)),
+                        lm.register_forward_pre_hook(lambda *a: self.mark("decoder", first=True)),
+                        model.get_output_embeddings().register_forward_hook(lambda *a: self.mark("logits"))]
+        if 0 < layer < len(layers):
+            self.handles.append(layers[layer - 1].register_forward_hook(
+                lambda *a: self.mark("before_k", first=True)))
+        if 0 <= layer < len(layers):   # inside layer K, so after the pruning hook's own pre-hook on the layer
+            self.handles.append(layers[layer].self_attn.register_forward_pre_hook(
+                lambda *a: self.mark("at_k", first=True)))
+
+    def _now(self):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def mark(self, name: str, first: bool = False) -> None:
+        if first and name in self.marks:
+            return
+        self.marks.setdefault(name, []).append(self._now())
+
+    def reset(self) -> None:
+        self.marks = {}
+
+    def ms(self, a, b) -> float:
+        return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _sync(model) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """"iwp" -> ("iwp", {}); "iwp:first_chunk=8:growth=4" -> ("iwp", {"first_chunk": 8, "growth": 4.0})."""
+    name, *pairs = spec.split(":")
+    params = {}
+    for pair in pairs:
+        key, value = pair.split("=")
+        params[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+    return name, params
+
+
+def configure(model, method: str | None, keep_ratio: float, layer: int) -> None:
+    """Unpruned (method None): the plain model. Otherwise the iwp.apply hook with these settings."""
+    import iwp
+    if method is None:
+        iwp.remove(model)
+    else:
+        name, params = parse_method(method)
+        iwp.apply(model, keep_ratio=keep_ratio, method=name, layer=layer, **params)
+
+
+def _kept_tokens(model, prompt: Prompt) -> tuple[int, float | None]:
+    """Sequence length after pruning and the hook's own selection seconds, from iwp.last_selection."""
+    import iwp
+    sels = iwp.last_selection(model)
+    if not sels:
+        return prompt.n_total, None
+    sel = sels[0]
+    dropped = sum(len(g.positions) - len(g.kept) for g in sel.groups)
+    return prompt.n_total - dropped, sel.seconds
+
+
+def run_once(model, prompt: Prompt, probe: Probe, new_tokens: int) -> dict:
+    """One generate() of 1 + new_tokens tokens; stage times in ms, decode tokens/s, peak memory in GB."""
+    cuda = model.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(model.device)
+    probe.reset()
+    _sync(model)
+    start = probe._now()
+    with torch.no_grad():
+        out = model.generate(**prompt.kwargs, max_new_tokens=1 + new_tokens, min_new_tokens=1 + new_tokens,
+                             do_sample=False)
+    end = probe._now()
+    _sync(model)
+    m = probe.marks
+    logits = m["logits"]
+    res = {
+        "ttft_ms": probe.ms(start, logits[0]),
+        "vision_ms": probe.ms(m["vision"][0], m["decoder"][0]) if "vision" in m else None,
+        "decoder_prefill_ms": probe.ms(m["decoder"][0], logits[0]),
+        "total_ms": probe.ms(start, end),
+        "new_tokens": out.shape[1] - prompt.kwargs["input_ids"].shape[1],
+    }
+    if "at_k" in m:   # the gap where the hook scores, selects and slices (layer K-1 done -> layer K starts)
+        res["layer_k_gap_ms"] = probe.ms(m.get("before_k", m["decoder"])[0], m["at_k"][0])
+        res["layers_before_k_ms"] = probe.ms(m["decoder"][0], m.get("before_k", m["decoder"])[0])
+    res["decode_tok_s"] = (len(logits) - 1) / (probe.ms(logits[0], logits[-1]) / 1e3) if len(logits) > 1 else None
+    res["peak_mem_gb"] = torch.cuda.max_memory_allocated(model.device) / 2**30 if cuda else None
+    return res
+
+
+def _median(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def bench(model, prompt: Prompt, ratios=RATIOS, methods=METHODS, layer: int = 2, repeats: int = 3,
+          warmup: int = 1, new_tokens: int = 16, time_budget: float | None = None, log=print,
+          on_round=None) -> list[dict]:
+    """All configurations, interleaved round by round; returns one summary row per configuration."""
+    confs = [(None, 1.0)] if 1.0 in ratios else []
+    confs += [(m, r) for r in ratios if r < 1.0 for m in methods]
+    rows = {c: {"method": c[0] or "none", "keep_ratio": c[1], "samples": [], "kept": [], "selection_s": [],
+                "error": None} for c in confs}
+    probe = Probe(model, layer)
+    t0 = time.perf_counter()
+    try:
+        for rnd in range(warmup + repeats):
+            if time_budget is not None and rnd > warmup and time.perf_counter() - t0 > time_budget:
+                log(f"time budget reached after {rnd - warmup} measured rounds")
+                break
+            order = list(confs)
+            random.Random(rnd).shuffle(order)          # no configuration always follows the same neighbour
+            for conf in order:
+                row = rows[conf]
+                if row["error"]:
+                    continue
+                try:
+                    configure(model, conf[0], conf[1], layer)
+                    res = run_once(model, prompt, probe, new_tokens)
+                    n_kept, sel_s = _kept_tokens(model, prompt) if conf[0] else (prompt.n_total, None)
+                except Exception as e:                   # OOM or a failure: record it, go on with the others
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    log(f"{row['method']} @ {conf[1]}: {row['error']}")
+                    continue
+                if rnd >= warmup:
+                    row["samples"].append(res)
+                    row["kept"].append(n_kept)
+                    row["selection_s"].append(sel_s)
+                log(f"round {rnd}{' (warm-up)' if rnd < warmup else ''} {row['method']:>8} @ {conf[1]:.3f}: "
+                    f"ttft {res['ttft_ms']:.1f} ms, decoder {res['decoder_prefill_ms']:.1f} ms, kept {n_kept}")
+            if on_round is not None:
+                on_round(summarize(model, prompt, list(rows.values()), layer))
+    finally:
+        probe.remove()
+        configure(model, None, 1.0, layer)
+    return summarize(model, prompt, list(rows.values()), layer)
+
+
+def summarize(model, prompt: Prompt, rows: list[dict], layer: int) -> list[dict]:
+    """Medians per configuration, analytic FLOPs, speed-ups against the unpruned row, measured / ideal."""
+    tc = model.config.text_config
+    dec_full = flops.decoder_prefill_flops(tc, prompt.n_total)
+    out = []
+    for row in rows:
+        s = row["samples"]
+        med = {k: _median(s, k) for k in ("vision_ms", "ttft_ms", "decoder_prefill_ms", "layer_k_gap_ms",
+                                          "layers_before_k_ms", "decode_tok_s", "peak_mem_gb", "total_ms")}
+        sel = [x for x in row["selection_s"] if x is not None]
+        med["selection_ms"] = statistics.median(sel) * 1e3 if sel else None
+        n_kept = int(statistics.median(row["kept"])) if row["kept"] else None
+        entry = {"method": row["method"], "keep_ratio": row["keep_ratio"], "error": row["error"],
+                 "repeats": len(s), "n_tokens": n_kept, "median": med, "samples": s}
+        if n_kept is not None:
+            dec = flops.decoder_prefill_flops(tc, prompt.n_total, n_kept, layer if row["method"] != "none" else 0)
+            entry["flops"] = {"vision_tflop": flops.tflops(prompt.vision_flops), "decoder_tflop": flops.tflops(dec)}
+            entry["ideal"] = flops.ideal_speedups(prompt.vision_flops, dec_full, dec)
+        out.append(entry)
+    base = next((r for r in out if r["method"] == "none" and r["repeats"]), None)
+    for r in out:
+        if base is None or not r["repeats"]:
+            continue
+        b, m = base["median"], r["median"]
+        r["speedup"] = {"decoder": b["decoder_prefill_ms"] / m["decoder_prefill_ms"],
+                        "ttft": b["ttft_ms"] / m["ttft_ms"]}
+        r["efficiency"] = {k: r["speedup"][k] / r["ideal"][k] for k in ("decoder", "ttft")}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- report
+
+def targets(result: dict) -> dict | None:
+    """Issue 7's targets, checked on the IWP row at the smallest keep ratio (11.1% in the standard run)."""
+    runs = [r for r in result["runs"] if r["method"] == "iwp" and r.get("speedup")]   # default parameters
+    base = next((r for r in result["runs"] if r["method"] == "none" and r["repeats"]), None)
+    if not runs or base is None:
+        return None
+    r = min(runs, key=lambda x: x["keep_ratio"])
+    m = r["median"]
+    # the event-timed gap at layer K (scoring, selection, slicing); the hook's own seconds are shown beside it
+    share = m["layer_k_gap_ms"] / m["ttft_ms"] if m.get("layer_k_gap_ms") is not None else None
+    checks = {
+        "keep_ratio": r["keep_ratio"],
+        "decoder_speedup": [round(r["speedup"]["decoder"], 3), r["speedup"]["decoder"] >= TARGETS["decoder_speedup"]],
+        "ttft_speedup": [round(r["speedup"]["ttft"], 3), r["speedup"]["ttft"] >= TARGETS["ttft_speedup"]],
+        "selection_share_of_ttft": [None if share is None else round(share, 4),
+                                    None if share is None else share <= TARGETS["selection_share"]],
+    }
+    if m.get("peak_mem_gb") is not None:
+        checks["peak_mem_gb"] = [round(m["peak_mem_gb"], 3), m["peak_mem_gb"] < base["median"]["peak_mem_gb"]]
+    return checks
+
+
+def _f(x, fmt: str = "{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def markdown(results: list[dict]) -> str:
+    """One markdown table per result file, with the GPU and versions named."""
+    parts = []
+    for res in results:
+        done = sorted({r["repeats"] for r in res["runs"] if r["repeats"]}) or [0]
+        n = str(done[0]) if len(done) == 1 else f"{done[0]}-{done[-1]}"
+        parts.append(f"**{res['model_shape']}, {res['input']}** ({res['n_visual']} visual of {res['n_total']} "
+                     f"tokens, K = {res['layer']}; {res['device']}, torch {res['torch']}, transformers "
+                     f"{res['transformers']}; medians of {n} interleaved rounds after {res['warmup']} warm-up)\n")
+        parts.append("| method | kept | tokens | vision ms | TTFT ms | decoder ms | cut at K ms | selection ms (hook) "
+                     "| decode tok/s | peak GB | decoder x (ideal) | TTFT x (ideal) |")
+        parts.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in res["runs"]:
+            m = r["median"]
+            if r["error"] or not r["repeats"]:
+                parts.append(f"| {r['method']} | {r['keep_ratio']:.1%} | {r['error'] or 'not run'} |" + " |" * 9)
+                continue
+            sp, ide = r.get("speedup", {}), r.get("ideal", {})
+            parts.append(
+                f"| {r['method']} | {r['keep_ratio']:.1%} | {r['n_tokens']} | {_f(m['vision_ms'])} | "
+                f"{_f(m['ttft_ms'])} | {_f(m['decoder_prefill_ms'])} | {_f(m['layer_k_gap_ms'], '{:.2f}')} | "
+                f"{_f(m['selection_ms'], '{:.2f}')} | "
+                f"{_f(m['decode_tok_s'])} | {_f(m['peak_mem_gb'], '{:.2f}')} | "
+                f"{_f(sp.get('decoder'), '{:.2f}')} ({_f(ide.get('decoder'), '{:.2f}')}) | "
+                f"{_f(sp.get('ttft'), '{:.2f}')} ({_f(ide.get('ttft'), '{:.2f}')}) |")
+        t = res.get("targets")
+        if t:
+            ok = lambda v: "met" if v[1] else ("n/a" if v[1] is None else "MISSED")   # noqa: E731
+            parts.append(f"\nTargets at {t['keep_ratio']:.1%} kept (IWP): decoder speed-up {t['decoder_speedup'][0]}x "
+                         f"(>= {TARGETS['decoder_speedup']}: {ok(t['decoder_speedup'])}), TTFT speed-up "
+                         f"{t['ttft_speedup'][0]}x (>= {TARGETS['ttft_speedup']}: {ok(t['ttft_speedup'])}), "
+                         f"cut at K (scoring + selection + slicing) {_f(t['selection_share_of_ttft'][0], '{:.2%}')} "
+                         f"of TTFT (<= 2%: "
+                         f"{ok(t['selection_share_of_ttft'])})"
+                         + (f", peak memory {t['peak_mem_gb'][0]} GB (below unpruned: {ok(t['peak_mem_gb'])})"
+                            if "peak_mem_gb" in t else "") + ".")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def plot(results: list[dict], path: str) -> None:
+    """Decoder-prefill and TTFT speed-up vs keep ratio, one panel per result, ideal (FLOPs) dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    colors = {"iwp": "C3", "fastv": "C0", "divprune": "C2", "random": "C7"}
+    for ax, res in zip(axes[0], results):
+        rows = [r for r in res["runs"] if r.get("speedup") and r["method"] != "none" and ":" not in r["method"]]
+        for method in dict.fromkeys(r["method"] for r in rows):
+            rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["keep_ratio"])
+            x = [r["keep_ratio"] for r in rs]
+            ax.plot(x, [r["speedup"]["decoder"] for r in rs], "o-", color=colors.get(method), label=f"{method} decoder")
+            ax.plot(x, [r["speedup"]["ttft"] for r in rs], "s:", color=colors.get(method), alpha=0.6,
+                    label=f"{method} TTFT")
+        ideal = sorted((r for r in rows if r["method"] == "iwp"), key=lambda r: r["keep_ratio"])
+        if ideal:
+            ax.plot([r["keep_ratio"] for r in ideal], [r["ideal"]["decoder"] for r in ideal], "k--", lw=1,
+                    label="ideal decoder (FLOPs)")
+            ax.plot([r["keep_ratio"] for r in ideal], [r["ideal"]["ttft"] for r in ideal], "k:", lw=1,
+                    label="ideal TTFT (FLOPs)")
+        ax.axhline(1.0, color="grey", lw=0.5)
+        ax.set_title(f"{res['model_shape']} {res['input']}", fontsize=9)
+        ax.set_xlabel("keep ratio")
+        ax.set_ylabel("prefill speed-up (x)")
+        ax.invert_xaxis()
+    axes[0][-1].legend(fontsize=6, loc="upper left")
+    fig.suptitle(f"Prefill speed-up, {results[0]['device']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+def _env(model) -> dict:
+    import transformers
+    dev = model.device
+    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version(), "dtype": str(model.dtype),
+            "attn_implementation": "sdpa"}
+
+
+def gpu_tag(model) -> str:
+    """A short device name for file names: "h100", "h200", ... or "cpu"."""
+    if model.device.type != "cuda":
+        return "cpu"
+    words = torch.cuda.get_device_name(model.device).lower().replace("nvidia", "").split()
+    return next((w for w in words if any(c.isdigit() for c in w)), words[0] if words else "gpu")
+
+
+def profile_once(model, prompt: Prompt, method: str, keep_ratio: float, layer: int, rows: int = 25) -> str:
+    """torch.profiler table (device time) of one pruned prefill: where the time goes when a target is missed."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+    configure(model, method, keep_ratio, layer)
+    try:
+        with profile(activities=acts) as prof, torch.no_grad():
+            model.generate(**prompt.kwargs, max_new_tokens=1, do_sample=False)
+            _sync(model)
+    finally:
+        configure(model, None, 1.0, layer)
+    key = "device_time_total" if model.device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def _floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m iwp.bench models", description=__doc__.splitlines()[0])
+    p.add_argument("--model-shape", default="llava-onevision-7b", choices=SHAPES)
+    p.add_argument("--input", default="video32", help="image, video32, or a comma list (one model build)")
+    p.add_argument("--ratios", default=",".join(map(str, RATIOS)))
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--layer", type=int, default=2, help="pruning layer K")
+    p.add_argument("--new-tokens", type=int, default=16, help="decoded tokens after the first (decode tok/s)")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds per input before rounds stop")
+    p.add_argument("--json", default=None, help="output path; {input} and {gpu} are filled in")
+    p.add_argument("--profile", action="store_true", help="also profile one IWP prefill at the smallest ratio")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--report", nargs="*", default=None, help="JSON files: print their tables, make no runs")
+    p.add_argument("--plot", default=None, help="with --report: write the speed-up plot (needs matplotlib)")
+    return p.parse_args(argv)
+
+
+def run_shape(args: argparse.Namespace, model=None) -> list[dict]:
+    """Benchmark every requested input of one model shape; write each result as JSON as it grows."""
+    if model is None:
+        model = build_model(real_config(args.model_shape), args.device)
+    results = []
+    for kind in args.input.split(","):
+        try:
+            prompt = build_prompt(model, kind)
+        except Exception as e:                           # one input failing leaves the others to run
+            print(f"{args.model_shape} {kind}: input not built: {type(e).__name__}: {e}", flush=True)
+            continue
+        res = {"benchmark": "models", "model_shape": args.model_shape, "input": kind, **_env(model),
+               "layer": args.layer, "repeats": args.repeats, "warmup": args.warmup, "new_tokens": args.new_tokens,
+               "inputs": "tensors of the processors' output shapes, random pixel values, random text ids",
+               "n_total": prompt.n_total, "n_visual": prompt.n_visual, "geometry": prompt.geometry,
+               "weights_gb": torch.cuda.memory_allocated(model.device) / 2**30 if model.device.type == "cuda" else None,
+               "command": "python -m iwp.bench models " + " ".join(args.argv)}
+        path = args.json.replace("{input}", kind).replace("{gpu}", gpu_tag(model)) if args.json else None
+
+        def save(runs, res=res, path=path):
+            res["runs"] = runs
+            res["targets"] = targets(res)
+            if path:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).write_text(json.dumps(res, indent=1))
+
+        print(f"{args.model_shape} {kind}: {prompt.n_visual} visual of {prompt.n_total} tokens", flush=True)
+        runs = bench(model, prompt, _floats(args.ratios), [m for m in args.methods.split(",") if m], args.layer,
+                     args.repeats, args.warmup, args.new_tokens, args.time_budget,
+                     log=lambda s: print(s, flush=True), on_round=save)
+        if args.profile and runs:
+            methods = [m for m in args.methods.split(",") if m]
+            ratio = min(_floats(args.ratios))
+            if methods and ratio < 1.0:
+                try:
+                    res["profile"] = profile_once(model, prompt, "iwp" if "iwp" in methods else methods[0], ratio,
+                                                  args.layer)
+                except Exception as e:                   # the profile is a diagnosis, not a result
+                    res["profile"] = f"profile failed: {type(e).__name__}: {e}"
+                print(res["profile"], flush=True)
+        save(runs)
+        print(markdown([res]), flush=True)
+        results.append(res)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.report is not None:
+        results = [json.loads(Path(p).read_text()) for p in args.report]
+        print(markdown(results))
+        if args.plot:
+            plot(results, args.plot)
+        return 0
+    run_shape(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""The models benchmark on CPU: the analytic FLOP model against hand counts and torch's FLOP counter, and
+the timing harness end to end on tiny models (one method, one ratio, two repeats)."""
+import json
+import os
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from iwp import bench_models, flops
+
+TEXT = SimpleNamespace(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_key_value_heads=1,
+                       head_dim=4, num_hidden_layers=3, vocab_size=10)
+
+
+def test_decoder_flops_match_hand_count():
+    # n=3: q 2*3*8*8=384, k 2*3*8*4=192, v 192, o 384; MLP 3 * 2*3*8*16 = 2304;
+    # attention: 1+2+3 = 6 causal pairs x 2 heads x (2*4 for q.k + 2*4 for p.v) = 192
+    assert flops.decoder_layer_flops(TEXT, 3) == 384 + 192 + 192 + 384 + 2304 + 192
+    # n=2: projections 768, MLP 1536, attention 3 pairs x 2 heads x 16 = 96
+    assert flops.decoder_layer_flops(TEXT, 2) == 768 + 1536 + 96
+    # K=1: one layer at 3 tokens, two at 2, LM head on the last token 2*8*10
+    assert flops.decoder_prefill_flops(TEXT, 3, 2, layer=1) == 3648 + 2 * 2400 + 160
+    assert flops.decoder_prefill_flops(TEXT, 3) == 3 * 3648 + 160
+    ideal = flops.ideal_speedups(100, 3 * 3648 + 160, 3648 + 2 * 2400 + 160)
+    assert ideal["decoder"] == pytest.approx((3 * 3648 + 160) / 8608)
+    assert 1 < ideal["ttft"] < ideal["decoder"]
+
+
+def test_vision_flops_match_hand_count():
+    vc = SimpleNamespace(hidden_size=6, intermediate_size=10, patch_size=4, image_size=8, num_hidden_layers=2)
+    # 4 patches: embedding 2*4*48*6=2304; per layer qkvo 2*4*4*36=1152, MLP 2*4*2*60=960, attention 4*16*6=384;
+    # projector to 5: 2*4*(6*5 + 5*5) = 440
+    assert flops.siglip_flops(vc, 3, projector_out=5) == 3 * (2304 + 2 * (1152 + 960 + 384) + 440)
+    # a 12 x 20 patch grid merged 2x2 is 6 x 10 units; windows of 4 x 4 units: 4x4, 4x4, 4x2, 2x4, 2x4, 2x2
+    assert flops._qwen_windows(12, 20, 2, 4) == [64, 64, 32, 32, 32, 16]
+
+
+def _tiny_towers():
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2_5_VLConfig,
+                              Qwen2_5_VLForConditionalGeneration, SiglipVisionConfig)
+    ov = LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(image_size=28, patch_size=7, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, vision_use_head=False),
+        text_config=dict(model_type="qwen2", vocab_size=64, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+        vision_feature_select_strategy="full", vision_feature_layer=-1)).eval()
+    qwen = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        text_config=dict(vocab_size=64, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                         intermediate_size=128, num_key_value_heads=2,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}),
+        image_token_id=60, video_token_id=61, vision_start_token_id=62, vision_end_token_id=63)).eval()
+    for m in (ov, qwen):
+        m.set_attn_implementation("eager")          # attention as plain matmuls, which the counter sees
+    return ov, qwen
+
+
+def _counted(fn) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn()
+    return counter.get_total_flops()
+
+
+def test_flop_model_matches_torch_flop_counter():
+    ov, qwen = _tiny_towers()
+    pv = torch.randn(3, 3, 28, 28)
+    counted = _counted(lambda: ov.model.multi_modal_projector(ov.model.vision_tower(pv).last_hidden_state))
+    assert counted == flops.siglip_flops(ov.config.vision_config, 3, projector_out=64)
+    for grid in [(1, 12, 20), (2, 8, 8)]:                # windows cut at the edges; two temporal slices
+        n = grid[0] * grid[1] * grid[2]
+        counted = _counted(lambda: qwen.model.visual(torch.randn(n, 3 * 2 * 14 * 14), grid_thw=torch.tensor([grid])))
+        assert counted == flops.qwen_vision_flops(qwen.config.vision_config, [grid])
+    # decoder: eager attention multiplies the full square, the model counts the causal half
+    tc, n = qwen.config.text_config, 10
+    lm = qwen.model.language_model
+    counted = _counted(lambda: qwen.lm_head(lm(inputs_embeds=torch.randn(1, n, 64), use_cache=False)
+                                            .last_hidden_state[:, -1:]))
+    d = tc.hidden_size // tc.num_attention_heads
+    upper = tc.num_hidden_layers * 4 * tc.num_attention_heads * d * (n * n - n * (n + 1) // 2)
+    pos = torch.arange(n).expand(3, 1, n)
+    rope = _counted(lambda: lm.rotary_emb(torch.randn(1, n, 64), pos))   # a matmul in some versions; not counted
+    assert counted - rope == flops.decoder_prefill_flops(tc, n) + upper
+
+
+def test_smart_resize_matches_qwen_defaults():
+    assert bench_models.smart_resize(720, 1280, 28, 56 * 56, 28 * 28 * 1280) == (728, 1288)
+    assert bench_models.smart_resize(720, 1280, 28, 128 * 28 * 28, 768 * 28 * 28) == (560, 1008)
+
+
+@pytest.mark.parametrize("name,kind,geometry", [
+    ("llava_onevision", "video32", {"frames": 4}),
+    ("qwen2_5_vl", "image", {"size": (56, 84)}),
+])
+def test_harness_end_to_end(tmp_path, name, kind, geometry):
+    from iwp import models
+    model = models.family(name).tiny()[0]
+    prompt = bench_models.build_prompt(model, kind, geometry)
+    assert prompt.n_total == sum(bench_models.N_TEXT) + prompt.n_visual + (2 if name == "qwen2_5_vl" else 0)
+    rows = bench_models.bench(model, prompt, ratios=[1.0, 0.5], methods=["iwp"], layer=1, repeats=2, warmup=1,
+                              new_tokens=2, log=lambda s: None)
+    base, pruned = rows
+    assert (base["method"], pruned["method"]) == ("none", "iwp")
+    assert base["repeats"] == pruned["repeats"] == 2 and not base["error"] and not pruned["error"]
+    assert base["n_tokens"] == prompt.n_total
+    assert pruned["n_tokens"] == prompt.n_total - prompt.n_visual + round(0.5 * prompt.n_visual)
+    for r in rows:
+        med = r["median"]
+        assert med["ttft_ms"] > med["decoder_prefill_ms"] > 0 and med["vision_ms"] > 0
+        assert med["decode_tok_s"] > 0 and med["layer_k_gap_ms"] >= 0
+        assert all(s["new_tokens"] == 3 for s in r["samples"])
+    assert base["median"]["selection_ms"] is None and pruned["median"]["selection_ms"] > 0
+    assert pruned["ideal"]["decoder"] > pruned["ideal"]["ttft"] > 1.0 and base["ideal"]["decoder"] == 1.0
+    assert pruned["speedup"]["decoder"] > 0 and pruned["efficiency"]["ttft"] > 0
+    assert not hasattr(model, "_iwp_state")              # the harness leaves the model unpatched
+
+    result = {"model_shape": name, "input": kind, "device": "cpu", "torch": torch.__version__,
+              "transformers": "x", "layer": 1, "repeats": 2, "warmup": 1, "n_total": prompt.n_total,
+              "n_visual": prompt.n_visual, "runs": rows}
+    result["targets"] = bench_models.targets(result)
+    assert result["targets"]["keep_ratio"] == 0.5 and len(result["targets"]["decoder_speedup"]) == 2
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(result))
+    assert bench_models.main(["--report", str(path)]) == 0
+    table = bench_models.markdown([result])
+    assert "| iwp | 50.0% |" in table and "| none | 100.0% |" in table
+
+
+def test_method_specs_carry_iwp_parameters():
+    assert bench_models.parse_method("fastv") == ("fastv", {})
+    assert bench_models.parse_method("iwp:first_chunk=8:growth=4.5") == ("iwp", {"first_chunk": 8, "growth": 4.5})
+
+
+def test_real_size_inputs_follow_the_processors_rules():
+    from transformers import LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+    with torch.device("meta"):                            # shapes only: no weights are made
+        ov = LlavaOnevisionForConditionalGeneration(bench_models.real_config("llava-onevision-7b"))
+        qwen = Qwen2_5_VLForConditionalGeneration(bench_models.real_config("qwen2.5-vl-7b"))
+    video = bench_models.build_prompt(ov, "video32")
+    assert (video.n_visual, video.n_total) == (32 * 14 * 14 + 1, 6336)    # 196 per frame + newline, 63 text
+    assert video.kwargs["pixel_values_videos"].shape == (1, 32, 3, 384, 384)
+    qv = bench_models.build_prompt(qwen, "video32")     # 720p frames capped at 768 * 28 * 28 pixels, 2 frames a slice
+    assert qv.geometry["grid_thw"] == [16, 40, 72] and qv.n_visual == 16 * 20 * 36
+    assert qv.kwargs["pixel_values_videos"].shape == (16 * 40 * 72, 3 * 2 * 14 * 14)
+    qi = bench_models.build_prompt(qwen, "image")
+    assert qi.geometry["grid_thw"] == [1, 52, 92] and qi.n_total == 26 * 46 + 63 + 2
+    assert qi.kwargs["mm_token_type_ids"].shape == qi.kwargs["input_ids"].shape == (1, qi.n_total)
