@@ -1,0 +1,65 @@
+"""Command line: python -m iwp --image PATH --question TEXT --keep 0.25 [--model ID] [--out overlay.png]
+
+Answers the question unpruned and pruned, prints both answers with their timings, writes the overlay.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .selectors import SELECTORS
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one comparison from the command line; returns the exit status."""
+    ap = argparse.ArgumentParser(prog="python -m iwp", description=__doc__.splitlines()[2])
+    ap.add_argument("--image", required=True, help="image file (PNG, JPEG, WebP, BMP, GIF)")
+    ap.add_argument("--question", required=True)
+    ap.add_argument("--keep", type=float, default=0.25, help="keep ratio in (0, 1]")
+    ap.add_argument("--method", default="iwp", choices=sorted(SELECTORS))
+    ap.add_argument("--layer", type=int, default=None, help="decoder layer K to prune before")
+    ap.add_argument("--model", default=None, help="hub id or local path (default: IWP_MODEL, else assets/toy-lvlm)")
+    ap.add_argument("--out", default="overlay.png", help="where to write the category overlay")
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    args = ap.parse_args(argv)
+
+    # The demo's input checks and runner, so that the CLI and the demo answer identically.
+    from . import inputs as guards, overlay
+    from .compare import OutOfMemory, Runner
+    try:
+        question = guards.check_question(args.question)
+        keep, method = guards.check_settings(args.keep, args.method, list(SELECTORS))
+        image, notes = guards.load_image(args.image)
+    except guards.InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    runner = Runner.load(args.model, max_new_tokens=args.max_new_tokens)
+    runner.warmup()                         # so that the unpruned run does not pay the one-off costs
+    try:
+        result = runner.compare([image], question, keep_ratio=keep, method=method, layer=args.layer)
+    except OutOfMemory as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    m = result.metrics()
+    print(f"model {runner.name} · image {args.image} ({image.width}x{image.height}) · "
+          f"method {m['method']}, keep {m['keep_ratio']}, layer {m['layer']}")
+    for side in ("unpruned", "pruned"):
+        s = m[side]
+        print(f"{side + ':':9} {s['answer']!r:24} prefill {s['prefill_s'] * 1000:7.1f} ms   "
+              f"total {s['total_s'] * 1000:7.1f} ms   visual tokens {s['visual_tokens']}")
+    print(f"speed-up x{m['speedup_total']:.2f} total, x{m['speedup_prefill']:.2f} prefill; answers "
+          f"{'agree' if m['answers_agree'] else 'differ'}; first-token total variation {m['first_token_tv']:.4f}, "
+          f"KL {m['first_token_kl']:.4f}")
+    overlay.category_overlay(image, result.selection.groups[0]).save(args.out)
+    print(f"overlay written to {args.out}")
+    if args.json:
+        print(json.dumps(m))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Pictures of a Selection, built from hand-made Selection objects (no model needed)."""
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iwp import overlay
+from iwp.selection import (CATEGORIES, DROPPED_DUPLICATE, DROPPED_LOW, KEPT_DIVERSITY, KEPT_MAGNITUDE, Selection,
+                           TokenGroup)
+
+W, H, SIDE = 400, 240, 4          # a 4 x 4 grid of 100 x 60 px patches (drawn at 1:1)
+
+
+def make_group(kept=(5, 0, 10, 15), frames=None, n=SIDE * SIDE, w=W, h=H) -> TokenGroup:
+    boxes = [((t % SIDE) * w / SIDE, (t // SIDE % SIDE) * h / SIDE, (t % SIDE + 1) * w / SIDE,
+              (t // SIDE % SIDE + 1) * h / SIDE) for t in range(n)]
+    magnitude = [float(t % 7) for t in range(n)]
+    cats = [KEPT_MAGNITUDE, KEPT_DIVERSITY, DROPPED_DUPLICATE, DROPPED_LOW]
+    categories = [cats[0] if t == kept[0] else cats[1] if t in kept else cats[2] if t % 2 else cats[3]
+                  for t in range(n)]
+    cover = [t if t in kept else kept[t % len(kept)] for t in range(n)]
+    return TokenGroup(kind="video" if frames else "image", index=0, positions=list(range(3, 3 + n)), kept=list(kept),
+                      magnitude=magnitude, cover=cover, cover_similarity=[1.0 if t in kept else 0.5 for t in range(n)],
+                      categories=categories, boxes=boxes, frames=frames, image_size=(w, h), budget=len(kept))
+
+
+def make_image(w=W, h=H) -> Image.Image:
+    return Image.fromarray(np.full((h, w, 3), 200, np.uint8))
+
+
+def pixel(img, x, y):
+    return np.asarray(img)[y, x].astype(int)
+
+
+def test_category_colours_fill_each_patch_and_legend_lists_all_four():
+    g = make_group()
+    out = overlay.category_overlay(make_image(), g)
+    assert out.width >= W and out.height > H                     # legend strip below the picture
+    for t in (5, 0, 1, 2):                                       # one token of each category
+        x0, y0, x1, y1 = (int(v) for v in g.boxes[t])
+        got = pixel(out, (x0 + x1) // 2, (y0 + y1) // 2)
+        expect = 0.5 * np.array(overlay.CATEGORY_COLORS[g.categories[t]]) + 0.5 * 200
+        assert np.abs(got - expect).max() <= 1, (t, got, expect)
+    legend = np.asarray(out)[H:]
+    for c in CATEGORIES:                                         # every fixed colour appears in the legend
+        assert (np.abs(legend.astype(int) - overlay.CATEGORY_COLORS[c]).sum(-1) == 0).any(), c
+    assert len(set(overlay.CATEGORY_COLORS.values())) == 4
+
+
+def test_none_boxes_and_out_of_picture_boxes_are_skipped():
+    g = make_group()
+    g.boxes[3] = None
+    g.boxes[4] = (-50.0, -50.0, -10.0, -10.0)
+    out = overlay.category_overlay(make_image(), g, legend=False)
+    assert out.size == (W, H)
+
+
+def test_large_images_are_drawn_at_modest_resolution_quickly():
+    big = make_image(2000, 1200)
+    g = make_group(w=2000, h=1200)
+    start = time.perf_counter()
+    out = overlay.category_overlay(big, g, legend=False)
+    heat = overlay.heatmap(big, g)
+    assert max(out.size) == overlay.MAX_SIDE and heat.width == overlay.MAX_SIDE
+    assert time.perf_counter() - start < 0.5
+
+
+def test_heatmap_is_bright_where_magnitude_is_high():
+    g = make_group()
+    out = overlay.heatmap(make_image(), g)
+    lo_t, hi_t = g.magnitude.index(min(g.magnitude)), g.magnitude.index(max(g.magnitude))
+    centre = lambda t: ((int(g.boxes[t][0]) + int(g.boxes[t][2])) // 2, (int(g.boxes[t][1]) + int(g.boxes[t][3])) // 2)
+    assert pixel(out, *centre(hi_t)).sum() > pixel(out, *centre(lo_t)).sum() + 150
+
+
+def test_replay_shows_exactly_the_first_picks():
+    g = make_group(kept=(5, 0, 10, 15))
+    chunks = [1, 3]
+    dark = overlay.replay_frame(make_image(), g, 0, chunks)
+    one = overlay.replay_frame(make_image(), g, 1, chunks)
+    full = overlay.replay_frame(make_image(), g, 4, chunks)
+    centre = lambda t: ((int(g.boxes[t][0]) + int(g.boxes[t][2])) // 2, (int(g.boxes[t][1]) + int(g.boxes[t][3])) // 2)
+    assert (pixel(one, *centre(5)) != pixel(dark, *centre(5))).any()      # first pick lit at step 1
+    assert (pixel(one, *centre(10)) == pixel(dark, *centre(10))).all()    # third pick not yet
+    assert (pixel(full, *centre(10)) != pixel(dark, *centre(10))).any()
+    assert (pixel(full, *centre(1)) == pixel(dark, *centre(1))).all()     # never picked: stays dimmed
+
+
+def test_pick_chunks_follow_the_pc_mmr_schedule():
+    g = make_group(kept=tuple(range(7)))
+    sel = Selection(groups=[g], layer=2, method="iwp", keep_ratio=0.5, params={"first_chunk": 1, "growth": 2.0})
+    assert overlay.pick_chunks(sel, g) == [1, 2, 4]
+    sel.method = "fastv"
+    assert overlay.pick_chunks(sel, g) == [1] * 7
+
+
+def test_cover_view_and_token_at():
+    g = make_group()
+    t = overlay.token_at(g, 120, 80)                # column 1, row 1 -> token 5
+    assert t == 5
+    assert overlay.token_at(g, 999, 999) is None
+    img, text = overlay.cover_view(make_image(), g, 2)
+    assert f"kept token {g.cover[2]} covers it" in text
+    x0, y0 = int(g.boxes[2][0]), int(g.boxes[2][1])
+    assert tuple(pixel(img, x0 + 1, y0 + 1)) == (230, 0, 0)       # red outline on the dropped patch
+    cx0, cy0 = int(g.boxes[g.cover[2]][0]), int(g.boxes[g.cover[2]][1])
+    assert tuple(pixel(img, cx0 + 1, cy0 + 1)) == (0, 230, 0)     # green outline on its cover
+    _, text = overlay.cover_view(make_image(), g, 5)
+    assert "covers itself" in text
+    with pytest.raises(ValueError):
+        overlay.cover_view(make_image(), g, 99)
+
+
+def test_video_frames_each_get_their_own_tokens():
+    n_frames, per = 3, SIDE * SIDE
+    g = make_group(kept=(0, per + 1, 2 * per + 2), frames=[t // per for t in range(n_frames * per)], n=n_frames * per)
+    sel = Selection(groups=[g], layer=2, method="iwp", keep_ratio=0.1)
+    frames = [make_image() for _ in range(n_frames)]
+    outs = overlay.video_overlays(frames, sel, max_side=W)
+    assert len(outs) == n_frames
+    centre = lambda t: ((int(g.boxes[t][0]) + int(g.boxes[t][2])) // 2, (int(g.boxes[t][1]) + int(g.boxes[t][3])) // 2)
+    kept_colour = lambda img, t: pixel(img, *centre(t % per))
+    # frame 1 keeps its token 1 (kept for diversity: blue), frame 0 does not
+    assert kept_colour(outs[1], per + 1)[2] > kept_colour(outs[1], per + 1)[0] + 30
+    assert not (kept_colour(outs[0], 1)[2] > kept_colour(outs[0], 1)[0] + 30)
+    images = [make_image() for _ in range(2)]
+    sel2 = Selection(groups=[make_group(), make_group(kept=(1, 2, 3, 4))], layer=2, method="iwp", keep_ratio=0.25)
+    assert len(overlay.video_overlays(images, sel2)) == 2
+
+
+def test_small_images_are_enlarged_for_display():
+    g = make_group(w=100, h=60)
+    out = overlay.category_overlay(make_image(100, 60), g, legend=False)
+    assert max(out.size) == overlay.MIN_SIDE
