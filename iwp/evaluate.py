@@ -1,0 +1,213 @@
+"""python -m iwp.evaluate: exact-match accuracy of the toy model vs keep ratio vs selector, on CPU.
+
+Every selector runs through the same hook (iwp.apply: tokens dropped before decoder layer K, kept tokens keep
+their positions) on a split of generated scenes that training never saw. `--sweep` instead chooses IWP's
+defaults (layer K, lam, chunk schedule) on the validation split.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import patch
+from .toy import scenes
+from .toy.load import DEFAULT_PATH, load, prompt
+
+METHODS = ("iwp", "fastv", "divprune", "magnitude", "uniform", "random")
+RATIOS = (1.0, 0.333, 0.222, 0.111, 0.05)
+
+
+def prepare(processor, split: str, n: int, batch_size: int = 50) -> list[dict]:
+    """The split's first n questions as processor batches (left-padded), with answers and kinds."""
+    images, _, q = scenes.generate(n, scenes.SPLIT_SEEDS[split])
+    pils = scenes.to_pil(images)
+    batches = []
+    for start in range(0, n, batch_size):
+        idx = range(start, min(n, start + batch_size))
+        texts = [prompt(processor, q.text(i)) for i in idx]
+        inputs = processor(text=texts, images=[pils[i] for i in idx], padding=True, return_tensors="pt")
+        batches.append({"inputs": inputs, "answers": [q.answer_text(i) for i in idx],
+                        "kinds": [scenes.KINDS[int(q.kind[i])] for i in idx]})
+    return batches
+
+
+@torch.no_grad()
+def accuracy(model, processor, batches: list[dict], method: str | None = None, keep_ratio: float = 1.0,
+             layer: int = patch.DEFAULT_LAYER, params: dict | None = None) -> tuple[float, dict[str, float]]:
+    """Exact-match accuracy (overall, per question kind); method None or keep_ratio 1 runs unpatched."""
+    correct: dict[str, list[int]] = {}
+    for bi, batch in enumerate(batches):
+        if method is None or keep_ratio >= 1.0:
+            patch.remove(model)
+        else:  # a fresh seed per batch, so "random" is not one fixed pattern
+            patch.apply(model, keep_ratio=keep_ratio, method=method, layer=layer, seed=bi, **(params or {}))
+        inputs = batch["inputs"]
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        for text, ans, kind in zip(texts, batch["answers"], batch["kinds"]):
+            correct.setdefault(kind, []).append(int(text.strip() == ans))
+    patch.remove(model)
+    total = sum(map(sum, correct.values())) / max(1, sum(map(len, correct.values())))
+    return total, {k: sum(v) / len(v) for k, v in sorted(correct.items())}
+
+
+def benchmark(model, processor, batches: list[dict], methods, ratios, layer: int, params: dict,
+              log=print) -> list[dict]:
+    """Rows {method, keep_ratio, accuracy, n, per_kind}; ratio 1.0 (nothing pruned) is run once and shared."""
+    n = sum(len(b["answers"]) for b in batches)
+    rows, full = [], None
+    t0 = time.time()
+    for ratio in ratios:
+        for method in methods:
+            if ratio >= 1.0:
+                full = full or accuracy(model, processor, batches)
+                acc, per = full
+            else:
+                acc, per = accuracy(model, processor, batches, method, ratio, layer, params if method == "iwp" else {})
+            rows.append({"method": method, "keep_ratio": ratio, "accuracy": round(acc, 4), "n": n,
+                         "per_kind": {k: round(v, 4) for k, v in per.items()}})
+            log(f"[{time.time() - t0:6.0f}s] {method:>9} keep={ratio:<5} accuracy={acc:.4f}")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Method x keep-ratio accuracy table in Markdown."""
+    ratios = sorted({r["keep_ratio"] for r in rows}, reverse=True)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    acc = {(r["method"], r["keep_ratio"]): r["accuracy"] for r in rows}
+    lines = ["| method | " + " | ".join(f"{x:.1%}" for x in ratios) + " |", "|---" * (len(ratios) + 1) + "|"]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(f"{100 * acc[m, x]:.1f}" for x in ratios) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str | Path, title: str = "toy-lvlm: accuracy vs visual tokens kept") -> None:
+    """Accuracy-vs-keep-ratio lines, one per method, drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    W, H, left, right, top, bottom = 760, 460, 70, 170, 40, 60
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    ratios = sorted({r["keep_ratio"] for r in rows})
+    x_of = {x: left + i * (W - left - right) / max(1, len(ratios) - 1) for i, x in enumerate(ratios)}
+
+    def y_of(a: float) -> float:
+        return top + (1 - a) * (H - top - bottom)
+
+    for a in [i / 10 for i in range(11)]:
+        d.line([(left, y_of(a)), (W - right, y_of(a))], fill=(225, 225, 225))
+        d.text((left - 40, y_of(a) - 6), f"{a:.0%}", fill="black")
+    for x, px in x_of.items():
+        d.text((px - 14, H - bottom + 8), f"{x:.1%}", fill="black")
+    d.text((left + 120, H - 24), "visual tokens kept (keep ratio)", fill="black")
+    d.text((left, 12), title, fill="black")
+    colors = {"iwp": (214, 39, 40), "fastv": (31, 119, 180), "divprune": (44, 160, 44), "magnitude": (255, 127, 14),
+              "uniform": (148, 103, 189), "random": (127, 127, 127)}
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        pts = sorted((x_of[r["keep_ratio"]], y_of(r["accuracy"])) for r in rows if r["method"] == method)
+        c = colors.get(method, (0, 0, 0))
+        d.line(pts, fill=c, width=4 if method == "iwp" else 2)
+        for px, py in pts:
+            d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=c)
+        d.line([(W - right + 20, top + 20 + 22 * i), (W - right + 45, top + 20 + 22 * i)], fill=c, width=3)
+        d.text((W - right + 52, top + 14 + 22 * i), method, fill="black")
+    img.save(path)
+
+
+def sweep(model, processor, batches: list[dict], layers, lams, schedules, ratios, peers: bool = True, log=print,
+          save=None) -> dict:
+    """IWP on the validation split: layer x lam at the default schedule, then schedules at the best pair.
+
+    With `peers`, the other selectors run at every layer too, so the choice of K can be read against them.
+    Best = highest mean accuracy over `ratios`. `save(partial_result)` is called after every configuration.
+    """
+    results, t0 = [], time.time()
+
+    def run(method: str, layer: int, params: dict) -> float:
+        accs = [accuracy(model, processor, batches, method, r, layer, params)[0] for r in ratios]
+        results.append({"method": method, "layer": layer, **params,
+                        "accuracy": {str(r): round(a, 4) for r, a in zip(ratios, accs)},
+                        "mean": round(sum(accs) / len(accs), 4)})
+        log(f"[{time.time() - t0:6.0f}s] {method} layer={layer} {params} -> "
+            + " ".join(f"{a:.3f}" for a in accs))
+        if save:
+            save({"ratios": list(ratios), "results": results})
+        return sum(accs) / len(accs)
+
+    first_chunk, growth = schedules[0]      # ties go to the earliest configuration (smaller K, lam; default schedule)
+    best = max([(run("iwp", k, {"lam": lam, "first_chunk": first_chunk, "growth": growth}), k, lam)
+                for k in layers for lam in lams], key=lambda t: t[0])
+    for k in layers if peers else []:
+        for method in METHODS[1:]:
+            run(method, k, {})
+    _, layer, lam = best
+    best_sched = max([(run("iwp", layer, {"lam": lam, "first_chunk": f, "growth": g}) if (f, g) != schedules[0]
+                       else best[0], f, g) for f, g in schedules], key=lambda t: t[0])
+    chosen = {"layer": layer, "lam": lam, "first_chunk": best_sched[1], "growth": best_sched[2]}
+    return {"chosen": chosen, "ratios": list(ratios), "results": results}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default=str(DEFAULT_PATH))
+    p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--split", default="test", choices=sorted(scenes.SPLIT_SEEDS))
+    p.add_argument("--n", type=int, default=300, help="questions (the first n of the split)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--layer", type=int, default=patch.DEFAULT_LAYER)
+    p.add_argument("--lam", type=float, default=None, help="IWP lam (default: iwp.selectors.DEFAULT_LAM)")
+    p.add_argument("--first-chunk", type=int, default=None)
+    p.add_argument("--growth", type=float, default=None)
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--plot", default=None, help="write the accuracy-vs-ratio PNG here")
+    p.add_argument("--sweep", action="store_true", help="choose IWP's defaults on the split (use --split val)")
+    p.add_argument("--sweep-layers", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--sweep-lams", type=float, nargs="+", default=[0.3, 0.5, 0.7, 1.0])
+    p.add_argument("--no-peers", action="store_true", help="sweep IWP only")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+
+    model, processor = load(args.model)
+    t0 = time.time()
+    batches = prepare(processor, args.split, args.n, args.batch_size)
+    log(f"prepared {args.n} {args.split} questions in {time.time() - t0:.0f}s")
+    params = {k: v for k, v in (("lam", args.lam), ("first_chunk", args.first_chunk), ("growth", args.growth))
+              if v is not None}
+    result = {"model": str(args.model), "split": args.split, "seed": scenes.SPLIT_SEEDS[args.split],
+              "n": args.n, "threads": torch.get_num_threads()}
+    if args.sweep:
+        def save(partial: dict) -> None:
+            if args.json:
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps({**result, **partial, "partial": True}, indent=1))
+
+        result.update(sweep(model, processor, batches, layers=args.sweep_layers, lams=args.sweep_lams,
+                            schedules=[(1, 2.0), (1, 1.0), (4, 2.0)], ratios=[0.111, 0.222],
+                            peers=not args.no_peers, log=log, save=save))
+        print(json.dumps(result["chosen"]))
+    else:
+        from .selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
+        iwp_params = {"lam": DEFAULT_LAM, "first_chunk": DEFAULT_FIRST_CHUNK, "growth": DEFAULT_GROWTH, **params}
+        result.update({"layer": args.layer, "iwp_params": iwp_params})
+        result["results"] = benchmark(model, processor, batches, args.methods, args.ratios, args.layer, iwp_params, log)
+        result["seconds"] = round(time.time() - t0, 1)
+        print(table(result["results"]))
+        if args.plot:
+            plot(result["results"], args.plot)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The embedded toy model: a small LLaVA trained on generated scenes (scenes, build, train, load)."""

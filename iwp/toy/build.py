@@ -1,0 +1,75 @@
+"""The toy model's tokenizer, processor and LlavaForConditionalGeneration, built from configs alone."""
+from __future__ import annotations
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                          LlavaImageProcessor, LlavaProcessor, PreTrainedTokenizerFast)
+
+from . import scenes
+
+# Images first, then the text of each user turn; "<sep>" opens the answer.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['content'] is string %}{% set parts = [{'type': 'text', 'text': message['content']}] %}"
+    "{% else %}{% set parts = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{% for part in parts %}{% if part['type'] == 'image' %}<image> {% endif %}{% endfor %}"
+    "{% for part in parts %}{% if part['type'] == 'text' %}{{ part['text'] }} {% endif %}{% endfor %}"
+    "{% elif message['role'] == 'assistant' %}"
+    "<sep> {% for part in parts %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}</s> "
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<sep>{% endif %}"
+)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over scenes.WORDS; lowercases and drops punctuation so typed questions work."""
+    words = {w: i for i, w in enumerate(scenes.WORDS)}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(),
+                                           normalizers.Replace(Regex(r"[^a-z0-9]+"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)   # joins words with spaces
+    tok.add_special_tokens(scenes.SPECIALS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", padding_side="left", model_max_length=512,
+                                   extra_special_tokens={"image_token": "<image>"})
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaProcessor:
+    """Resize + centre-crop to 192 px, scale to [-1, 1]; expands <image> into 144 tokens."""
+    tokenizer = tokenizer or build_tokenizer()
+    size = scenes.IMAGE
+    image_processor = LlavaImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                          image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=scenes.PATCH,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=CHAT_TEMPLATE)
+
+
+def build_config() -> LlavaConfig:
+    """A one-layer CLIP vision tower (tokens stay local) and a 4-layer Llama decoder."""
+    vision = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=1, num_attention_heads=4,
+                              image_size=scenes.IMAGE, patch_size=scenes.PATCH, projection_dim=128)
+    text = LlamaConfig(vocab_size=len(scenes.WORDS), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                       num_attention_heads=8, num_key_value_heads=4, head_dim=32, max_position_embeddings=1024,
+                       pad_token_id=scenes.PAD, bos_token_id=scenes.BOS, eos_token_id=scenes.EOS,
+                       tie_word_embeddings=False)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=scenes.IMAGE_TOKEN,
+                       vision_feature_layer=-1, vision_feature_select_strategy="default",
+                       projector_hidden_act="gelu", image_seq_length=scenes.GRID * scenes.GRID,
+                       pad_token_id=scenes.PAD, bos_token_id=scenes.BOS, eos_token_id=scenes.EOS,
+                       tie_word_embeddings=False)
+
+
+def build_model() -> LlavaForConditionalGeneration:
+    """A freshly initialised toy model with greedy, short generation defaults."""
+    model = LlavaForConditionalGeneration(build_config())
+    gc = model.generation_config
+    gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = scenes.BOS, scenes.EOS, scenes.PAD
+    gc.do_sample, gc.max_new_tokens = False, 4
+    return model
