@@ -24,7 +24,7 @@ RATIOS = (1.0, 0.333, 0.222, 0.111, 0.05)
 
 def prepare(processor, split: str, n: int, batch_size: int = 50) -> list[dict]:
     """The split's first n questions as processor batches (left-padded), with answers and kinds."""
-    images, _, q = scenes.generate(n, scenes.SPLIT_SEEDS[split])
+    images, _, q = scenes.generate(n, scenes.SPLIT_SEEDS[split], kinds=scenes.BENCHMARK_KINDS)
     pils = scenes.to_pil(images)
     batches = []
     for start in range(0, n, batch_size):

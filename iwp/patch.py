@@ -426,6 +426,14 @@ def _cut_prefill_mask(mask, cut: _Cut, hidden: Tensor, state: _State):
 def _cut_decode_mask(mask, cut: _Cut, hidden: Tensor, cache, i: int, state: _State):
     """A decoding step's mask with key columns = kept prompt positions, then the new tokens."""
     dummies = not bool(cut.valid.all())
+    if state.settings.layer == 0:                    # layer 0 is cut too: the model sized this mask by its
+        am = state.call.get("attention_mask")        # short cache, so rebuild it from the padding mask
+        if isinstance(am, Tensor) and am.ndim == 2 and not bool(am.all()):
+            cols = torch.cat([cut.idx, torch.arange(cut.length, am.shape[1], device=am.device)
+                              .expand(am.shape[0], -1)], dim=1)
+            ok = torch.cat([cut.valid, torch.ones_like(am[:, cut.length:], dtype=torch.bool)], dim=1)
+            return _fresh_mask(cut, hidden, state, cols.shape[1], ok & _take(am, cols).bool())
+        mask = None
     if mask is None:
         return _fresh_mask(cut, hidden, state, cache.get_seq_length(i) + hidden.shape[1]) if dummies else None
     if not isinstance(mask, Tensor):
@@ -442,12 +450,16 @@ def _cut_decode_mask(mask, cut: _Cut, hidden: Tensor, cache, i: int, state: _Sta
     return m.masked_fill(~ok[:, None, None, :], _allowed(m)[1]) if dummies else m
 
 
-def _fresh_mask(cut: _Cut, hidden: Tensor, state: _State, kv_len: int | None):
-    """A mask where the model had none (no padding) but the cut added dummies."""
+def _fresh_mask(cut: _Cut, hidden: Tensor, state: _State, kv_len: int | None, ok: Tensor | None = None):
+    """A causal mask over the cut's keys, where the model's own mask cannot be cut (or there was none).
+
+    ok [B, kv] marks the keys that may be seen; by default every key but the cut's dummies.
+    """
     B, width = cut.idx.shape
     q = hidden.shape[1]
     kv = width if kv_len is None else kv_len
-    ok = torch.cat([cut.valid, torch.ones(B, kv - width, dtype=torch.bool, device=cut.idx.device)], dim=1)
+    if ok is None:
+        ok = torch.cat([cut.valid, torch.ones(B, kv - width, dtype=torch.bool, device=cut.idx.device)], dim=1)
     if "flash" in str(state.lm.config._attn_implementation):
         return ok.long()
     rows = torch.arange(kv - q, kv, device=ok.device)[:, None]

@@ -38,6 +38,10 @@ TEMPLATES = {
 }
 KINDS = list(TEMPLATES)
 KIND_WEIGHTS = [0.30, 0.17, 0.13, 0.15, 0.125, 0.125]
+# The benchmark's task set, fixed before any method comparison: the shipped model answers these with
+# (nearly) all tokens. It was trained on left/above too but stays at chance on them (toy-train.json), so
+# no selector could be judged on them; they are left out of evaluation, not out of training.
+BENCHMARK_KINDS = ("digit", "color", "shape", "count")
 _TEMPLATE_WORDS = sorted({w for ts in TEMPLATES.values() for t in ts for w in t.split() if not w.startswith("{")})
 WORDS = SPECIALS + _TEMPLATE_WORDS + COLOR_NAMES + SHAPES + DIGITS + ["yes", "no"]
 VOCAB = {w: i for i, w in enumerate(WORDS)}
@@ -204,12 +208,12 @@ def _pair(gen: torch.Generator, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return best // M, best % M, valid.flatten(1).any(dim=1)
 
 
-def sample_questions(s: Scenes, gen: torch.Generator) -> Questions:
-    """One question per scene, its kind drawn with KIND_WEIGHTS and its template uniformly."""
+def sample_questions(s: Scenes, gen: torch.Generator, kinds: tuple[str, ...] | None = None) -> Questions:
+    """One question per scene, its kind drawn with KIND_WEIGHTS (restricted to `kinds`), its template uniformly."""
     dev = s.cx.device
     B, M = s.present.shape
     table, tlen, tkind, per_kind = _template_table(dev)
-    w = torch.tensor(KIND_WEIGHTS, device=dev)
+    w = torch.tensor([wk if kinds is None or k in kinds else 0.0 for k, wk in zip(KINDS, KIND_WEIGHTS)], device=dev)
     kind = torch.searchsorted(w.cumsum(0) / w.sum(), _rand(gen, B)).clamp(max=len(KINDS) - 1)
     ar = torch.arange(B, device=dev)
 
@@ -245,11 +249,12 @@ def sample_questions(s: Scenes, gen: torch.Generator) -> Questions:
     return Questions(ids, tlen[template], answer, kind)
 
 
-def generate(n: int, seed: int, device: str | torch.device = "cpu") -> tuple[Tensor, Scenes, Questions]:
-    """n scenes with one question each, fully determined by (seed, device type)."""
+def generate(n: int, seed: int, device: str | torch.device = "cpu",
+             kinds: tuple[str, ...] | None = None) -> tuple[Tensor, Scenes, Questions]:
+    """n scenes with one question each (of the given kinds; default all), determined by (seed, device type)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     s = sample_scenes(n, gen)
-    return render(s), s, sample_questions(s, gen)
+    return render(s), s, sample_questions(s, gen, kinds)
 
 
 def sequences(qs: Questions | list[Questions], n_image: int = GRID * GRID) -> tuple[Tensor, Tensor, Tensor]:
