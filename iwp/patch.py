@@ -51,6 +51,7 @@ class _Cut:
     valid: Tensor                 # [B, L'] False on dummies
     length: int                   # L, the prompt length before the cut
     step: int                     # the call (prefill) that made it
+    short_cache_masks: bool = False   # cut before layer 0: the model sizes decoding masks by the cut cache
     position_embeddings: tuple | None = None
     position_ids: Tensor | None = None
     memo: dict = field(default_factory=dict)   # id(mask) -> (mask, sliced) within one call
@@ -244,7 +245,7 @@ def _on_layer(state: _State, i: int, module, args, kwargs):
             keep = _select(state, module, hidden, kwargs)
         if keep is None or state.settings.keep_ratio >= 1.0:
             return None                                # keep_ratio 1.0 scores but never slices
-        state.cut = _make_cut(keep, state.call["input_ids"].shape[1], state.step)
+        state.cut = _make_cut(keep, state.call["input_ids"].shape[1], state.step, short_cache_masks=K == 0)
     cut = state.cut
     if cut is None:
         return None
@@ -372,7 +373,7 @@ def _row(x: Tensor, b: int) -> Tensor:
 
 # ------------------------------------------------------------------------------------------- slicing
 
-def _make_cut(keep: list[Tensor], length: int, step: int) -> _Cut:
+def _make_cut(keep: list[Tensor], length: int, step: int, short_cache_masks: bool = False) -> _Cut:
     """Per prompt kept positions -> one [B, L'] index, re-left-padded with masked dummies."""
     width = max(k.numel() for k in keep)
     device = keep[0].device
@@ -381,7 +382,7 @@ def _make_cut(keep: list[Tensor], length: int, step: int) -> _Cut:
     for b, k in enumerate(keep):
         idx[b, width - k.numel():] = k
         valid[b, width - k.numel():] = True
-    return _Cut(idx=idx, valid=valid, length=length, step=step)
+    return _Cut(idx=idx, valid=valid, length=length, step=step, short_cache_masks=short_cache_masks)
 
 
 def _take(x: Tensor, idx: Tensor) -> Tensor:
@@ -426,7 +427,7 @@ def _cut_prefill_mask(mask, cut: _Cut, hidden: Tensor, state: _State):
 def _cut_decode_mask(mask, cut: _Cut, hidden: Tensor, cache, i: int, state: _State):
     """A decoding step's mask with key columns = kept prompt positions, then the new tokens."""
     dummies = not bool(cut.valid.all())
-    if state.settings.layer == 0:                    # layer 0 is cut too: the model sized this mask by its
+    if cut.short_cache_masks:                        # layer 0 is cut too: the model sized this mask by its
         am = state.call.get("attention_mask")        # short cache, so rebuild it from the padding mask
         if isinstance(am, Tensor) and am.ndim == 2 and not bool(am.all()):
             cols = torch.cat([cut.idx, torch.arange(cut.length, am.shape[1], device=am.device)
