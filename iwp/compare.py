@@ -1,6 +1,7 @@
 """Load a model once and answer one question unpruned and pruned, timed: what the demo and the CLI run."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import threading
@@ -51,9 +52,12 @@ def load_model(name: str | None = None):
         cuda = torch.cuda.is_available()
         trust = _trust_remote_code()
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust)
+        # several GPUs: shard the model over them (accelerate's big-model inference; 72B-class models)
+        sharded = cuda and torch.cuda.device_count() > 1 and importlib.util.find_spec("accelerate") is not None
         model = AutoModelForImageTextToText.from_pretrained(
-            name, trust_remote_code=trust, dtype=torch.bfloat16 if cuda else torch.float32)
-        if cuda:
+            name, trust_remote_code=trust, dtype=torch.bfloat16 if cuda else torch.float32,
+            **({"device_map": "auto"} if sharded else {}))
+        if cuda and not sharded:
             model = model.to("cuda")
         if Path(name).exists() and Path(name).resolve().is_relative_to(ROOT):
             name = str(Path(name).resolve().relative_to(ROOT))       # shown in the page: no server paths

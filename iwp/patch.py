@@ -56,6 +56,16 @@ class _Cut:
     position_ids: Tensor | None = None
     memo: dict = field(default_factory=dict)   # id(mask) -> (mask, sliced) within one call
 
+    def on(self, device) -> "_Cut":
+        """This cut with its index tensors on `device` (layers may sit on several GPUs)."""
+        if self.idx.device == torch.device(device):
+            return self
+        key = ("on", str(device))
+        if key not in self.memo:
+            self.memo[key] = _Cut(self.idx.to(device), self.valid.to(device), self.length, self.step,
+                                  self.short_cache_masks)
+        return self.memo[key]
+
 
 @dataclass
 class _Record:
@@ -289,15 +299,24 @@ def _select(state: _State, layer: nn.Module, hidden: Tensor, kwargs: dict) -> li
     ids = state.call.get("input_ids")
     if ids is None or ids.shape[1] != hidden.shape[1] or ids.shape[0] != hidden.shape[0]:
         return None                                    # no token ids to find the images (inputs_embeds only)
+    attn = layer.self_attn
+    # Work where layer K's weights are: with device_map="auto" this hook runs before accelerate moves
+    # the layer's inputs, and input_ids live on the first device.
+    dev = attn.q_proj.weight.device
+    if dev.type == "meta":
+        raise RuntimeError(f"iwp scores visual tokens with decoder layer {state.settings.layer}'s own weights, "
+                           "but they are offloaded (on the meta device); keep that layer on a GPU or choose "
+                           "another layer with iwp.apply(..., layer=K)")
+    hidden, ids = hidden.to(dev), ids.to(dev)
     groups = state.family.groups(ids, state.items)
     if not any(groups):
         return None
     s = state.settings
-    attn = layer.self_attn
     rope = _rope_fn(attn)
-    cos, sin = kwargs["position_embeddings"]
+    cos, sin = (x.to(dev) for x in kwargs["position_embeddings"])
     B, L = ids.shape
     am = state.call.get("attention_mask")
+    am = am.to(dev) if isinstance(am, Tensor) else am
     am = am.bool() if isinstance(am, Tensor) and am.ndim == 2 and am.shape == ids.shape else None
     keeps, rec_groups, seconds = [], [], []
     if hidden.is_cuda:
@@ -387,6 +406,7 @@ def _make_cut(keep: list[Tensor], length: int, step: int, short_cache_masks: boo
 
 def _take(x: Tensor, idx: Tensor) -> Tensor:
     """Gather positions idx [B, L'] from the sequence dim (dim 1) of x [B or 1, L, ...]."""
+    idx = idx.to(x.device)
     x = x.expand(idx.shape[0], *x.shape[1:])
     return x[torch.arange(idx.shape[0], device=idx.device)[:, None], idx]
 
@@ -404,6 +424,7 @@ def _allowed(mask: Tensor):
 
 def _cut_prefill_mask(mask, cut: _Cut, hidden: Tensor, state: _State):
     """The layer's prefill mask restricted to the kept rows and columns; dummies see only themselves."""
+    cut = cut.on(mask.device if isinstance(mask, Tensor) else hidden.device)
     dummies = not bool(cut.valid.all())
     if mask is None:
         return _fresh_mask(cut, hidden, state, None) if dummies else None
@@ -426,10 +447,12 @@ def _cut_prefill_mask(mask, cut: _Cut, hidden: Tensor, state: _State):
 
 def _cut_decode_mask(mask, cut: _Cut, hidden: Tensor, cache, i: int, state: _State):
     """A decoding step's mask with key columns = kept prompt positions, then the new tokens."""
+    cut = cut.on(mask.device if isinstance(mask, Tensor) else hidden.device)
     dummies = not bool(cut.valid.all())
     if cut.short_cache_masks:                        # layer 0 is cut too: the model sized this mask by its
         am = state.call.get("attention_mask")        # short cache, so rebuild it from the padding mask
         if isinstance(am, Tensor) and am.ndim == 2 and not bool(am.all()):
+            cut = cut.on(am.device)
             cols = torch.cat([cut.idx, torch.arange(cut.length, am.shape[1], device=am.device)
                               .expand(am.shape[0], -1)], dim=1)
             ok = torch.cat([cut.valid, torch.ones_like(am[:, cut.length:], dtype=torch.bool)], dim=1)
