@@ -1,8 +1,8 @@
-"""One fused GPU kernel for PC-MMR's candidate rescoring (the hot inner step), with Triton.
+"""Fused GPU kernels for PC-MMR's step (Triton): the similarity block and the candidates' rescoring.
 
-Each candidate's rescoring depends only on its own row of the pool's similarity block, so one Triton
-program per row replaces about two dozen small PyTorch launches per step. Used on CUDA when Triton
-is installed; iwp.mmr keeps the plain PyTorch path (CPU, and the reference the kernel is checked against).
+A PC-MMR step is a handful of tiny operations; launched one by one they cost far more than they compute.
+On CUDA with Triton installed, iwp.mmr uses these two kernels instead; the plain PyTorch path stays for
+the CPU and as the reference the kernels are checked against (python -m iwp.bench selection).
 """
 from __future__ import annotations
 
@@ -15,23 +15,57 @@ except ImportError:                                   # CPU machines: the PyTorc
     triton = None
 
 AVAILABLE = triton is not None
-ROUNDS = 3                                            # the fixed point settles in 2-3 rounds
+ROUNDS = 3                                            # the rescoring fixed point settles in 2-3 rounds
+SMALL_BLOCK = 1 << 19   # N x C up to this: the fused column kernel; beyond, cuBLAS's float32 GEMM is faster
 
 
 if AVAILABLE:
     @triton.jit
-    def _rescore_rows(s_ptr, stride, score_ptr, rel_ptr, base_ptr, out_ptr, P, penalty,
-                      BLOCK: tl.constexpr, ROUNDS: tl.constexpr):
+    def _columns(kl_ptr, kr_ptr, u_ptr, cand_ptr, out_ptr, N, C, H, DK, DU,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        """out[i, c] = sum_h exp(min(kl_i.kr_cand[c], 0)) * (u_i . u_cand[c]), i < N, c < C."""
+        rows = tl.program_id(0) * BM + tl.arange(0, BM)
+        cols = tl.program_id(1) * BN + tl.arange(0, BN)
+        row_ok, col_ok = rows < N, cols < C
+        cand = tl.load(cand_ptr + cols, mask=col_ok, other=0)
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for h in range(H):
+            a = tl.zeros((BM, BN), dtype=tl.float32)
+            for k0 in range(0, DK, BK):
+                k = k0 + tl.arange(0, BK)
+                x = tl.load(kl_ptr + (h * N + rows[:, None]) * DK + k[None, :],
+                            mask=row_ok[:, None] & (k[None, :] < DK), other=0.0)
+                y = tl.load(kr_ptr + (h * N + cand[None, :]) * DK + k[:, None],
+                            mask=col_ok[None, :] & (k[:, None] < DK), other=0.0)
+                a += tl.dot(x, y, input_precision="ieee")
+            b = tl.zeros((BM, BN), dtype=tl.float32)
+            for k0 in range(0, DU, BK):
+                k = k0 + tl.arange(0, BK)
+                x = tl.load(u_ptr + (h * N + rows[:, None]) * DU + k[None, :],
+                            mask=row_ok[:, None] & (k[None, :] < DU), other=0.0)
+                y = tl.load(u_ptr + (h * N + cand[None, :]) * DU + k[:, None],
+                            mask=col_ok[None, :] & (k[:, None] < DU), other=0.0)
+                b += tl.dot(x, y, input_precision="ieee")
+            acc += tl.exp(tl.minimum(a, 0.0)) * b
+        acc = tl.minimum(tl.maximum(acc, -1.0), 1.0)
+        tl.store(out_ptr + rows[:, None] * C + cols[None, :], acc, mask=row_ok[:, None] & col_ok[None, :])
+
+    @triton.jit
+    def _rescore(s_ptr, cand_ptr, score_ptr, rel_ptr, red_ptr, tau_ptr, out_ptr, count_ptr, P, penalty,
+                 FIRST: tl.constexpr, HAS_OUTSIDE: tl.constexpr, BLOCK: tl.constexpr, ROUNDS: tl.constexpr):
+        """Candidate j's score after every candidate that could be picked before it; -inf unless it beats
+        the best token outside the pool (tau). s is the step's column block [N, P], read at rows cand."""
         j = tl.program_id(0)
-        rel_j = tl.load(rel_ptr + j)
-        base_j = tl.load(base_ptr + j)                # -inf while nothing is picked
-        rescored = tl.load(score_ptr + j)             # start: no rivals at all
+        cj = tl.load(cand_ptr + j)
+        rel_j = tl.load(rel_ptr + cj)
+        base_j = float("-inf") if FIRST else tl.load(red_ptr + cj)
+        rescored = tl.load(score_ptr + j)
         for r in range(ROUNDS):
             worst = tl.full((), float("-inf"), tl.float32)
             for start in range(0, P, BLOCK):
                 i = start + tl.arange(0, BLOCK)
                 inside = i < P
-                s = tl.load(s_ptr + j * stride + i, mask=inside, other=float("-inf"))
+                s = tl.load(s_ptr + cj * P + i, mask=inside, other=float("-inf"))
                 score_i = tl.load(score_ptr + i, mask=inside, other=float("-inf"))
                 # rivals: ranked above j, or (after the first round) scoring above j's rescored value
                 rival = (i < j) | ((score_i > rescored) & (i != j) & (r > 0))
@@ -39,16 +73,31 @@ if AVAILABLE:
             red = tl.maximum(base_j, worst)
             red = tl.where(red == float("-inf"), 0.0, red)
             rescored = rel_j - penalty * red
+        if HAS_OUTSIDE:
+            accept = (rescored >= tl.load(tau_ptr)) | (j == 0)
+            rescored = tl.where(accept, rescored, float("-inf"))
+            tl.atomic_add(count_ptr, accept.to(tl.int32))
         tl.store(out_ptr + j, rescored)
 
 
-def rescore(s_pool: torch.Tensor, cand_score: torch.Tensor, cand_rel: torch.Tensor, base_red: torch.Tensor,
-            penalty: float) -> torch.Tensor:
-    """Fused rescoring of a pool (see iwp.mmr.pc_mmr); all inputs float32 on one CUDA device."""
-    P = s_pool.shape[0]
-    out = torch.empty(P, dtype=torch.float32, device=s_pool.device)
-    s_pool = s_pool.contiguous()
-    block = min(1024, triton.next_power_of_2(max(P, 16)))
-    _rescore_rows[(P,)](s_pool, s_pool.stride(0), cand_score.contiguous(), cand_rel.contiguous(),
-                        base_red.contiguous(), out, P, penalty, BLOCK=block, ROUNDS=ROUNDS)
+def columns(k_left: torch.Tensor, k_right: torch.Tensor, u: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """S[:, cand] as one kernel; k_left/k_right [H,N,d+2], u [H,N,dv] contiguous float32."""
+    H, N, DK = k_left.shape
+    C = cand.numel()
+    out = torch.empty(N, C, dtype=torch.float32, device=u.device)
+    BM, BN, BK = 64, 32, 32
+    _columns[(triton.cdiv(N, BM), triton.cdiv(C, BN))](k_left, k_right, u, cand, out, N, C, H, DK, u.shape[2],
+                                                       BM=BM, BN=BN, BK=BK)
     return out
+
+
+def rescore(s_cols: torch.Tensor, cand: torch.Tensor, cand_score: torch.Tensor, relevance: torch.Tensor,
+            red: torch.Tensor, tau: torch.Tensor | None, penalty: float, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rescored [P] with -inf for rejected candidates, number accepted as a device int32)."""
+    P = cand.numel()
+    out = torch.empty(P, dtype=torch.float32, device=s_cols.device)
+    count = torch.zeros(1, dtype=torch.int32, device=s_cols.device)
+    block = min(1024, triton.next_power_of_2(max(P, 16)))
+    _rescore[(P,)](s_cols, cand, cand_score, relevance, red, tau if tau is not None else cand_score, out, count,
+                   P, penalty, FIRST=first, HAS_OUTSIDE=tau is not None, BLOCK=block, ROUNDS=ROUNDS)
+    return out, count

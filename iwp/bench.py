@@ -67,20 +67,22 @@ def _timed(fn, device: str, repeats: int, warmup: int) -> tuple[float, object]:
 
 
 def _count_steps(run) -> int:
-    """PC-MMR steps of one run: each step computes exactly one column block of S."""
+    """PC-MMR steps of one run: each step computes exactly one column block of S (fused or not)."""
     calls = 0
-    original = DualFactors.columns
 
-    def counting(self, cols):
-        nonlocal calls
-        calls += 1
-        return original(self, cols)
+    def counting(fn):
+        def wrapped(*args):
+            nonlocal calls
+            calls += 1
+            return fn(*args)
+        return wrapped
 
-    DualFactors.columns = counting
+    plain, fused = DualFactors.columns, _pool_kernel.columns
+    DualFactors.columns, _pool_kernel.columns = counting(plain), counting(fused)
     try:
         run()
     finally:
-        DualFactors.columns = original
+        DualFactors.columns, _pool_kernel.columns = plain, fused
     return calls
 
 
@@ -101,6 +103,10 @@ def bench_selection(sizes, device: str, ratio: float, repeats: int, greedy_repea
         steps = _count_steps(run_pc)
         fused = device.startswith("cuda") and _pool_kernel.AVAILABLE
         if fused:                                   # the same run on the plain PyTorch path, for reference
+            factors = DualFactors(k, v)
+            some = torch.randperm(n, device=device)[:256]
+            kernel_err = (_pool_kernel.columns(factors.k_left, factors.k_right, factors.u, some)
+                          - factors.columns(some)).abs().max().item()
             _pool_kernel.AVAILABLE = False
             try:
                 torch_ms, torch_picks = _timed(run_pc, device, repeats, warmup)
@@ -113,7 +119,7 @@ def bench_selection(sizes, device: str, ratio: float, repeats: int, greedy_repea
                      "scoring_only_ms": round(score_ms, 3), "speedup": round(greedy_ms / pc_ms, 2),
                      "shared_with_greedy": round(shared, 4), "pc_mmr_steps": steps, "fused_kernel": fused})
         if fused:
-            rows[-1].update(pc_mmr_pytorch_ms=round(torch_ms, 3),
+            rows[-1].update(pc_mmr_pytorch_ms=round(torch_ms, 3), columns_kernel_max_abs_err=kernel_err,
                             fused_picks_equal_pytorch=bool(torch.equal(pc_picks, torch_picks)),
                             fused_shared_with_pytorch=round(len(set(pc_picks.tolist()) & set(torch_picks.tolist())) / budget, 4))
         print(f"N={n:6d} K={budget:5d}  scoring+PC-MMR {pc_ms:8.2f} ms   scoring+greedy {greedy_ms:9.2f} ms"

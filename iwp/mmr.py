@@ -91,6 +91,13 @@ def _rescore_torch(s_pool: Tensor, cand_score: Tensor, cand_rel: Tensor, base_re
     return rescored
 
 
+def _columns(factors: DualFactors, idx: Tensor, fused: bool) -> Tensor:
+    """S[:, idx]: one fused kernel for small blocks, where launches dominate; cuBLAS for large ones."""
+    if fused and len(factors) * idx.numel() <= _pool_kernel.SMALL_BLOCK:
+        return _pool_kernel.columns(factors.k_left, factors.k_right, factors.u, idx)
+    return factors.columns(idx)
+
+
 def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
            first_chunk: int = 1, growth: float = 2.0) -> Tensor:
     """Progressive chunked MMR: each step takes up to c tokens at once, c growing geometrically.
@@ -122,26 +129,29 @@ def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
         score = torch.add(relevance, red, alpha=-penalty).masked_fill_(taken, float("-inf"))
         if c == 1:
             chosen = score.argmax().reshape(1)                              # first maximum, as greedy
-            s_cols = factors.columns(chosen)
+            s_cols = _columns(factors, chosen, fused)
         else:
             remaining = n - (budget - left)
             pool = min(2 * c, remaining)
             ranked = score.sort(descending=True, stable=True)   # stable: ties keep index order, as argmax
             cand, cand_score = ranked.indices[:pool], ranked.values[:pool]
-            s_cols = factors.columns(cand)                                  # [N, pool]: the step's one block
-            base_red = red[cand] if step > 0 else torch.full((pool,), float("-inf"), device=device)
-            if fused:
-                rescored = _pool_kernel.rescore(s_cols[cand], cand_score, relevance[cand], base_red, penalty)
+            s_cols = _columns(factors, cand, fused)                         # [N, pool]: the step's one block
+            outside = pool < remaining
+            if fused:                                                       # rescoring + acceptance, one kernel
+                rescored, n_ok = _pool_kernel.rescore(s_cols, cand, cand_score, relevance, red,
+                                                      ranked.values[pool:pool + 1] if outside else None,
+                                                      penalty, first=step == 0)
+                n_accept = min(c, int(n_ok)) if outside else c              # one host sync per step
             else:
+                base_red = red[cand] if step > 0 else torch.full((pool,), float("-inf"), device=device)
                 rescored = _rescore_torch(s_cols[cand], cand_score, relevance[cand], base_red, penalty,
                                           above[:pool, :pool])
-            if pool < remaining:
-                accept = rescored >= ranked.values[pool]                    # beats every token outside
-                accept[0] = True
-                n_accept = min(c, int(accept.sum()))                        # one host sync per step
-                rescored = rescored.masked_fill_(~accept, float("-inf"))
-            else:
                 n_accept = c
+                if outside:
+                    accept = rescored >= ranked.values[pool]                # beats every token outside
+                    accept[0] = True
+                    n_accept = min(c, int(accept.sum()))                    # one host sync per step
+                    rescored = rescored.masked_fill_(~accept, float("-inf"))
             local = rescored.sort(descending=True, stable=True).indices[:n_accept]
             chosen, s_cols = cand[local], s_cols[:, local]
         picks.append(chosen)
