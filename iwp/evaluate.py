@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--split", default="test", choices=sorted(scenes.SPLIT_SEEDS))
-    p.add_argument("--n", type=int, default=300, help="questions (the first n of the split)")
+    p.add_argument("--questions", "--n", dest="n", type=int, default=300,
+                   help="questions: the first n of the split (--n is an alias; torchrun swallows --n itself)")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--layer", type=int, default=TOY_LAYER)
     p.add_argument("--lam", type=float, default=None, help="IWP lam (default: iwp.selectors.DEFAULT_LAM)")
