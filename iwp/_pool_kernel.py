@@ -21,6 +21,20 @@ SMALL_BLOCK = 1 << 19   # N x C up to this: the fused column kernel; beyond, cuB
 
 if AVAILABLE:
     @triton.jit
+    def _dot_block(x_ptr, y_ptr, rows, cand, row_ok, col_ok, h, N, D,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        """[BM, BN] float32 dot products x[h, rows] . y[h, cand] of two [H, N, D] tensors."""
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, D, BK):
+            k = k0 + tl.arange(0, BK)
+            x = tl.load(x_ptr + (h * N + rows[:, None]) * D + k[None, :],
+                        mask=row_ok[:, None] & (k[None, :] < D), other=0.0)
+            y = tl.load(y_ptr + (h * N + cand[None, :]) * D + k[:, None],
+                        mask=col_ok[None, :] & (k[:, None] < D), other=0.0)
+            acc += tl.dot(x, y, input_precision="ieee")
+        return acc
+
+    @triton.jit
     def _columns(kl_ptr, kr_ptr, u_ptr, cand_ptr, out_ptr, N, C, H, DK, DU,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         """out[i, c] = sum_h exp(min(kl_i.kr_cand[c], 0)) * (u_i . u_cand[c]), i < N, c < C."""
@@ -30,23 +44,8 @@ if AVAILABLE:
         cand = tl.load(cand_ptr + cols, mask=col_ok, other=0)
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         for h in range(H):
-            a = tl.zeros((BM, BN), dtype=tl.float32)
-            for k0 in range(0, DK, BK):
-                k = k0 + tl.arange(0, BK)
-                x = tl.load(kl_ptr + (h * N + rows[:, None]) * DK + k[None, :],
-                            mask=row_ok[:, None] & (k[None, :] < DK), other=0.0)
-                y = tl.load(kr_ptr + (h * N + cand[None, :]) * DK + k[:, None],
-                            mask=col_ok[None, :] & (k[:, None] < DK), other=0.0)
-                a += tl.dot(x, y, input_precision="ieee")
-            b = tl.zeros((BM, BN), dtype=tl.float32)
-            for k0 in range(0, DU, BK):
-                k = k0 + tl.arange(0, BK)
-                x = tl.load(u_ptr + (h * N + rows[:, None]) * DU + k[None, :],
-                            mask=row_ok[:, None] & (k[None, :] < DU), other=0.0)
-                y = tl.load(u_ptr + (h * N + cand[None, :]) * DU + k[:, None],
-                            mask=col_ok[None, :] & (k[:, None] < DU), other=0.0)
-                b += tl.dot(x, y, input_precision="ieee")
-            acc += tl.exp(tl.minimum(a, 0.0)) * b
+            rbf = tl.exp(tl.minimum(_dot_block(kl_ptr, kr_ptr, rows, cand, row_ok, col_ok, h, N, DK, BM, BN, BK), 0.0))
+            acc += rbf * _dot_block(u_ptr, u_ptr, rows, cand, row_ok, col_ok, h, N, DU, BM, BN, BK)
         acc = tl.minimum(tl.maximum(acc, -1.0), 1.0)
         tl.store(out_ptr + rows[:, None] * C + cols[None, :], acc, mask=row_ok[:, None] & col_ok[None, :])
 

@@ -1,22 +1,12 @@
 """Sharding and gathering over a real gloo process group on CPU, against one process."""
-import os
-import socket
 from collections import Counter
 
-import torch.multiprocessing as mp
-
 from iwp import distributed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ranks import join_group, run_ranks
 
 
 def _worker(rank: int, size: int, port: int, items: list, out) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    join_group(rank, size, port)
     world = distributed.init()
     mine = distributed.shard(items, world)
     counts = Counter()
@@ -38,16 +28,7 @@ def test_one_process_is_a_world_of_one(monkeypatch):
 
 def test_shards_cover_everything_once_and_gather_matches_one_process():
     items = [("colour", i % 3 == 0) for i in range(7)] + [("count", i % 2 == 0) for i in range(6)]
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, items, out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(out.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_ranks(_worker, 2, items)
     shards = [r[1] for r in results]
     assert sorted(x for s in shards for x in s) == sorted(items)              # each item exactly once
     assert max(map(len, shards)) - min(map(len, shards)) <= 1                 # balanced

@@ -21,9 +21,8 @@ def test_evaluate_main_small_run(tmp_path, capsys):
 
 
 def _evaluate_rank(rank: int, size: int, port: int, argv: list, out) -> None:
-    import os
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from tests.ranks import join_group
+    join_group(rank, size, port)
     import torch
     torch.set_num_threads(1)
     from iwp import evaluate
@@ -33,23 +32,12 @@ def _evaluate_rank(rank: int, size: int, port: int, argv: list, out) -> None:
 
 def test_data_parallel_run_gives_the_single_process_results(tmp_path):
     """Two gloo ranks, each on a shard of the questions, gather to exactly what one process computes."""
-    import socket
-    import torch.multiprocessing as mp
     from iwp import evaluate
+    from tests.ranks import run_ranks
     argv = ["--n", "24", "--batch-size", "6", "--ratios", "1.0", "0.111", "--methods", "iwp", "random"]
     single = evaluate.main(argv + ["--json", str(tmp_path / "one.json")])["results"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_evaluate_rank, args=(r, 2, port, argv, out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(out.get(timeout=240) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_ranks(_evaluate_rank, 2, argv)
+    assert len(results) == 2
     for rank, rows, processes in results:
         assert processes == 2
         assert rows == single

@@ -36,9 +36,9 @@ class Family:
         """The decoder stack whose .layers the hook patches."""
         return model.model.language_model
 
-    def token_ids(self, config) -> dict[str, int]:
-        """Placeholder token id per kind ("image", "video")."""
-        raise NotImplementedError
+    def token_ids(self, config) -> dict[str, int | None]:
+        """Placeholder token id per kind ("image", "video"); kinds the model lacks map to None."""
+        return {"image": getattr(config, "image_token_id", None), "video": getattr(config, "video_token_id", None)}
 
     def describe(self, model: nn.Module, kind: str, call: dict, output) -> list[dict]:
         """Facts about each image/video of one get_{kind}_features call (args by name, and its output)."""

@@ -12,9 +12,6 @@ class Llava(Family):
     name = "llava"
     classes = ("LlavaForConditionalGeneration",)
 
-    def token_ids(self, config) -> dict[str, int]:
-        return {"image": config.image_token_id}
-
     def describe(self, model: nn.Module, kind: str, call: dict, output) -> list[dict]:
         vc = model.config.vision_config
         side = vc.image_size // vc.patch_size

@@ -17,9 +17,6 @@ class LlavaOnevision(Family):
     name = "llava_onevision"
     classes = ("LlavaOnevisionForConditionalGeneration",)
 
-    def token_ids(self, config) -> dict[str, int]:
-        return {"image": config.image_token_id, "video": config.video_token_id}
-
     def describe(self, model: nn.Module, kind: str, call: dict, output) -> list[dict]:
         cfg = model.config
         crop, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size

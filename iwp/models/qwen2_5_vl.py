@@ -25,9 +25,6 @@ class Qwen2_5_VL(Family):
     name = "qwen2_5_vl"
     classes = ("Qwen2_5_VLForConditionalGeneration",)
 
-    def token_ids(self, config) -> dict[str, int]:
-        return {"image": config.image_token_id, "video": config.video_token_id}
-
     def describe(self, model: nn.Module, kind: str, call: dict, output) -> list[dict]:
         vc = model.config.vision_config
         thw = call.get("image_grid_thw" if kind == "image" else "video_grid_thw")
