@@ -51,27 +51,23 @@ class DualFactors:
 
     def __init__(self, k: Tensor, v: Tensor):
         _check_qkv(k, v)
-        self.d = k.shape[-1]
-        k = k.float()
-        v = v.float()
-        raw_sq = (k * k).sum(-1)                                             # [H, N]
-        # distances do not change under a shift, and centring the keys keeps |a|^2 + |b|^2 - 2ab from
-        # cancelling catastrophically when keys share a large offset (real LLM keys do)
-        self.k = k - k.mean(dim=1, keepdim=True)
-        self.k_sq = (self.k * self.k).sum(-1)
+        k, v = k.float(), v.float()
+        sqrt_d = math.sqrt(k.shape[-1])
         v_norm = v.norm(dim=-1).clamp_min(1e-30)
-        log_norm = raw_sq / (2 * math.sqrt(self.d)) + v_norm.log()          # log ||dW_i^h||
+        log_norm = (k * k).sum(-1) / (2 * sqrt_d) + v_norm.log()             # log ||dW_i^h||, [H, N]
         w = (log_norm - torch.logsumexp(2 * log_norm, dim=0, keepdim=True) / 2).exp()
         self.u = v * (w / v_norm)[..., None]
-        self.scale = -1.0 / (2 * math.sqrt(self.d))
-        # -|a - b|^2 / (2 sqrt d) = [a, -|a|^2/(2 sqrt d), 1] . [b / sqrt d, 1, -|b|^2/(2 sqrt d)]: one bmm
-        half_sq = self.k_sq[..., None] * -self.scale
+        # Distances do not change under a shift, and centring the keys keeps |a|^2 + |b|^2 - 2ab from
+        # cancelling catastrophically when keys share a large offset (real LLM keys do). Then
+        # -|a - b|^2 / (2 sqrt d) = [a, -|a|^2/(2 sqrt d), 1] . [b / sqrt d, 1, -|b|^2/(2 sqrt d)]: one bmm.
+        k = k - k.mean(dim=1, keepdim=True)
+        half_sq = (k * k).sum(-1, keepdim=True) / (2 * sqrt_d)
         ones = torch.ones_like(half_sq)
-        self.k_left = torch.cat([self.k, -half_sq, ones], dim=-1)
-        self.k_right = torch.cat([self.k / math.sqrt(self.d), ones, -half_sq], dim=-1)
+        self.k_left = torch.cat([k, -half_sq, ones], dim=-1)
+        self.k_right = torch.cat([k / sqrt_d, ones, -half_sq], dim=-1)
 
     def __len__(self) -> int:
-        return self.k.shape[1]
+        return self.u.shape[1]
 
     def columns(self, cols: Tensor) -> Tensor:
         """S[:, cols] for all N tokens, [N, C] float32. The fast path of PC-MMR."""
@@ -79,16 +75,15 @@ class DualFactors:
         return torch.bmm(self.u, self.u[:, cols].transpose(1, 2)).mul_(rbf).sum(0).clamp_(-1.0, 1.0)
 
     def block(self, rows: Tensor | None = None, cols: Tensor | None = None) -> Tensor:
-        """S restricted to token rows x cols (index tensors; None = all), [R, C] float32 in [-1, 1]."""
-        n = len(self)
-        rows = torch.arange(n, device=self.k.device) if rows is None else rows
-        cols = torch.arange(n, device=self.k.device) if cols is None else cols
-        kr, kc = self.k[:, rows], self.k[:, cols]
-        sq_dist = (self.k_sq[:, rows, None] + self.k_sq[:, None, cols] - 2 * kr @ kc.transpose(1, 2)).clamp_min(0)
-        # a token's distance to itself is exactly 0, whatever float32 cancellation says
-        sq_dist = sq_dist.masked_fill(rows[:, None] == cols[None, :], 0.0)
-        s = ((self.u[:, rows] @ self.u[:, cols].transpose(1, 2)) * torch.exp(sq_dist * self.scale)).sum(0)
-        return s.clamp(-1.0, 1.0)
+        """S restricted to token rows x cols (index tensors; None = all), [R, C] float32 in [-1, 1].
+
+        A token's similarity to itself is exactly 1, whatever float32 cancellation says.
+        """
+        everything = torch.arange(len(self), device=self.u.device)
+        cols = everything if cols is None else cols
+        rows = everything if rows is None else rows
+        s = self.columns(cols)[rows]
+        return s.masked_fill_(rows[:, None] == cols[None, :], 1.0)
 
 
 def information_duplication(k: Tensor, v: Tensor) -> Tensor:
