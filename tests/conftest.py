@@ -42,13 +42,40 @@ def greedy(model, inputs, n: int = 6) -> torch.Tensor:
     return model.generate(**inputs, max_new_tokens=n, do_sample=False)
 
 
-def kept_positions(selection) -> torch.Tensor:
-    """Sorted prompt positions a Selection keeps: every non-visual position plus the kept visual ones."""
+def kept_positions(selection) -> tuple[set[int], set[int]]:
+    """(visual positions, kept visual positions) of a Selection."""
     visual, kept = set(), set()
     for g in selection.groups:
         visual.update(g.positions)
         kept.update(g.positions[k] for k in g.kept)
     return visual, kept
+
+
+def surviving_positions(selection, length: int) -> list[int]:
+    """Prompt positions that survive the cut: every non-visual position plus the kept visual ones."""
+    visual, kept = kept_positions(selection)
+    return [p for p in range(length) if p not in visual or p in kept]
+
+
+def check_keep_all_identical(model, inputs, kind: str) -> None:
+    """keep_ratio 1.0 and iwp.remove reproduce the unpatched generation; 0.25 prunes this kind."""
+    base = greedy(model, inputs)
+    iwp.apply(model, keep_ratio=1.0)
+    assert torch.equal(greedy(model, inputs), base)
+    iwp.apply(model, keep_ratio=0.25)
+    assert greedy(model, inputs).shape == base.shape
+    assert {g.kind for s in iwp.last_selection(model) for g in s.groups} == {kind}
+    iwp.remove(model)
+    assert torch.equal(greedy(model, inputs), base)
+
+
+def check_cached_equals_recompute(model, inputs, layer: int, keep_ratio: float = 0.3) -> None:
+    """Pruned cached generation equals a no-cache recomputation that drops the same positions."""
+    iwp.apply(model, keep_ratio=keep_ratio, layer=layer)
+    out = greedy(model, inputs)
+    keep = surviving_positions(iwp.last_selection(model)[0], inputs["input_ids"].shape[1])
+    iwp.remove(model)
+    assert torch.equal(out, reference_generate(model, dict(inputs), keep, layer=layer))
 
 
 class _Stop(Exception):

@@ -1,7 +1,7 @@
 """IWP inside the tiny LLaVA-OneVision: anyres images with newline tokens, video, padded batches."""
 import pytest
 import torch
-from conftest import greedy, image, kept_positions, reference_generate
+from conftest import check_cached_equals_recompute, check_keep_all_identical, greedy, image
 
 import iwp
 
@@ -36,27 +36,13 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_keep_all_is_token_identical(tiny, case):
     model, proc = tiny("llava_onevision")
-    inputs = CASES[case](model, proc)
-    base = greedy(model, inputs)
-    iwp.apply(model, keep_ratio=1.0)
-    assert torch.equal(greedy(model, inputs), base)
-    iwp.apply(model, keep_ratio=0.25)
-    assert greedy(model, inputs).shape == base.shape
-    assert {g.kind for s in iwp.last_selection(model) for g in s.groups} == {case.split("-")[0]}
-    iwp.remove(model)
-    assert torch.equal(greedy(model, inputs), base)
+    check_keep_all_identical(model, CASES[case](model, proc), case.split("-")[0])
 
 
 @pytest.mark.parametrize("case", ["image-b1", "video-b1"])
 def test_pruned_cached_generation_equals_no_cache_recomputation(tiny, case):
     model, proc = tiny("llava_onevision")
-    inputs = CASES[case](model, proc)
-    iwp.apply(model, keep_ratio=0.3, layer=2)
-    out = greedy(model, inputs)
-    visual, kept = kept_positions(iwp.last_selection(model)[0])
-    keep = [p for p in range(inputs["input_ids"].shape[1]) if p not in visual or p in kept]
-    iwp.remove(model)
-    assert torch.equal(out, reference_generate(model, dict(inputs), keep, layer=2))
+    check_cached_equals_recompute(model, CASES[case](model, proc), layer=2)
 
 
 def test_padded_image_batch_prunes_each_prompt_as_if_alone(tiny):

@@ -1,7 +1,8 @@
 """IWP inside the tiny Qwen2.5-VL: images and video, 3-D M-RoPE positions, padded batches."""
 import pytest
 import torch
-from conftest import greedy, image, kept_positions, reference_generate
+from conftest import (check_cached_equals_recompute, check_keep_all_identical, greedy, image,
+                      kept_positions, surviving_positions)
 
 import iwp
 
@@ -43,29 +44,13 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_keep_all_is_token_identical(tiny, case):
     model, proc = tiny("qwen2_5_vl")
-    inputs = CASES[case](model, proc)
-    base = greedy(model, inputs)
-    iwp.apply(model, keep_ratio=1.0)
-    assert torch.equal(greedy(model, inputs), base)
-    iwp.apply(model, keep_ratio=0.25)
-    pruned = greedy(model, inputs)
-    assert pruned.shape == base.shape
-    kinds = {g.kind for s in iwp.last_selection(model) for g in s.groups}
-    assert kinds == {case.split("-")[0]}
-    iwp.remove(model)
-    assert torch.equal(greedy(model, inputs), base)
+    check_keep_all_identical(model, CASES[case](model, proc), case.split("-")[0])
 
 
 @pytest.mark.parametrize("case", ["image-b1", "video-b1"])
 def test_pruned_cached_generation_equals_no_cache_recomputation(tiny, case):
     model, proc = tiny("qwen2_5_vl")
-    inputs = CASES[case](model, proc)
-    iwp.apply(model, keep_ratio=0.3, layer=1)
-    out = greedy(model, inputs)
-    visual, kept = kept_positions(iwp.last_selection(model)[0])
-    keep = [p for p in range(inputs["input_ids"].shape[1]) if p not in visual or p in kept]
-    iwp.remove(model)
-    assert torch.equal(out, reference_generate(model, dict(inputs), keep, layer=1))
+    check_cached_equals_recompute(model, CASES[case](model, proc), layer=1)
 
 
 def test_kept_tokens_keep_their_3d_mrope_ids(tiny):
@@ -91,8 +76,8 @@ def test_kept_tokens_keep_their_3d_mrope_ids(tiny):
     finally:
         for h in handles:
             h.remove()
-    visual, kept = kept_positions(iwp.last_selection(model)[0])
-    keep = torch.tensor([p for p in range(pos3.shape[-1]) if p not in visual or p in kept])
+    _, kept = kept_positions(iwp.last_selection(model)[0])
+    keep = torch.tensor(surviving_positions(iwp.last_selection(model)[0], pos3.shape[-1]))
     n, (cos, sin) = seen[0]
     assert n == keep.numel() < pos3.shape[-1]
     want_cos, want_sin = lm.rotary_emb(torch.zeros(1, n, 1), pos3[:, :, keep])

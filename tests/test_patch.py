@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import greedy, image, kept_positions, reference_generate
+from conftest import greedy, image, reference_generate, surviving_positions
 
 import iwp
 from iwp.selection import CATEGORIES, Selection
@@ -61,8 +61,7 @@ def test_pruned_cached_generation_equals_no_cache_recomputation(tiny):
     iwp.apply(model, keep_ratio=0.25, layer=2)
     out = greedy(model, inputs, 6)
     sel = iwp.last_selection(model)[0]
-    visual, kept = kept_positions(sel)
-    keep = [p for p in range(inputs.input_ids.shape[1]) if p not in visual or p in kept]
+    keep = surviving_positions(sel, inputs.input_ids.shape[1])
     iwp.remove(model)
     ref = reference_generate(model, dict(inputs), keep, layer=2, n=6)
     assert torch.equal(out, ref)
@@ -98,8 +97,7 @@ def test_kept_tokens_keep_their_original_positions(tiny):
         greedy(model, inputs, 1)
     finally:
         h.remove()
-    visual, kept = kept_positions(iwp.last_selection(model)[0])
-    expected = [p for p in range(inputs.input_ids.shape[1]) if p not in visual or p in kept]
+    expected = surviving_positions(iwp.last_selection(model)[0], inputs.input_ids.shape[1])
     assert seen["pid"][0].tolist() == expected
 
 
