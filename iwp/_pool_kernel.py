@@ -1,10 +1,32 @@
-"""Fused GPU kernels for PC-MMR's step (Triton): the similarity block and the candidates' rescoring.
+"""PC-MMR on CUDA: each step as three Triton kernels and a sort, whole runs replayed as CUDA graphs.
 
-A PC-MMR step is a handful of tiny operations; launched one by one they cost far more than they compute.
-On CUDA with Triton installed, iwp.mmr uses these two kernels instead; the plain PyTorch path stays for
-the CPU and as the reference the kernels are checked against (python -m iwp.bench selection).
+A PC-MMR step is a handful of small operations whose sizes depend on how many tokens earlier steps took.
+Launched one by one from Python, with a host sync per step, they cost far more than they compute. Here
+all state (redundancy, scores, picks, how many are taken) lives on the GPU, each step has a fixed launch
+shape (its largest chunk), and the kernels read the true sizes from the device. So a whole run is
+captured once per input shape as a CUDA graph and replayed; the host only checks, after a batch of
+steps, whether the budget is filled. iwp.mmr holds the plain PyTorch version of the same algorithm (CPU,
+and the reference these kernels are checked against: tests/test_pool_kernel.py, python -m iwp.bench
+selection).
+
+S is never stored: kernels compute its blocks from the keys and values as the model gave them (bf16),
+plus three small per-token tables (iwp.dual_form.DualFactors holds the same quantities):
+  mean [H, dk]   each head's mean key; keys are centred so a shared offset cannot cancel in float32
+  half [H, N]    |k_i - mean|^2 / (2 sqrt d)
+  scale [H, N]   w_i / |v_i|, the head weight of token i over its value norm
+so S_ij = sum_h exp(min((k_i - mean).(k_j - mean) / sqrt d - half_i - half_j, 0)) * scale_i scale_j v_i.v_j.
+The key dot product runs on the tensor cores in tf32x3 (about float32's accuracy; it feeds an exp), the
+value dot product in the values' own 16-bit type, whose products float32 holds exactly.
+
+Run state: red [N] (redundancy, -inf while nothing is picked), keys [N] (MMR scores packed with the
+token index into unique int64s, -inf once taken), taken [N], picks [budget], state = [count, count
+before this step]. A step takes the pool (the top keys), picks inside it, then updates red and keys.
 """
 from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
 
 import torch
 
@@ -15,88 +37,341 @@ except ImportError:                                   # CPU machines: the PyTorc
     triton = None
 
 AVAILABLE = triton is not None
-ROUNDS = 3                                            # the rescoring fixed point settles in 2-3 rounds
-SMALL_BLOCK = 1 << 19   # N x C up to this: the fused column kernel; beyond, cuBLAS's float32 GEMM is faster
+MAX_POOL = 256           # candidates per step at most: larger pools cost more than the steps they save
+MAX_TOKENS = 1 << 19     # the pick kernel packs (token, pool slot) into 31 bits
+STEPS_AFTER_GROWTH = 8   # steps in the first graph after the chunk size stops growing
+STEPS_PER_CHECK = 2      # steps per later graph, each followed by one host check
+MAX_RUNS = 4             # input shapes whose buffers and graphs are kept
+USE_GRAPHS = os.environ.get("IWP_CUDA_GRAPHS", "1") != "0"
+# Launch shapes (measured on an H100 with python -m iwp.bench selection --tune ...): the kernels are
+# latency-bound, so depth per program (head-dim slice bk) matters more than tile width.
+TUNING = {"bk": 64, "pool_tile": 32, "update_rows": 64, "update_cols": 64, "pick_warps": 2, "topk": 1}
 
 
 if AVAILABLE:
     @triton.jit
-    def _dot_block(x_ptr, y_ptr, rows, cand, row_ok, col_ok, h, N, D,
-                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        """[BM, BN] float32 dot products x[h, rows] . y[h, cand] of two [H, N, D] tensors."""
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, D, BK):
-            k = k0 + tl.arange(0, BK)
-            x = tl.load(x_ptr + (h * N + rows[:, None]) * D + k[None, :],
-                        mask=row_ok[:, None] & (k[None, :] < D), other=0.0)
-            y = tl.load(y_ptr + (h * N + cand[None, :]) * D + k[:, None],
-                        mask=col_ok[None, :] & (k[:, None] < D), other=0.0)
-            acc += tl.dot(x, y, input_precision="ieee")
-        return acc
-
-    @triton.jit
-    def _columns(kl_ptr, kr_ptr, u_ptr, cand_ptr, out_ptr, N, C, H, DK, DU,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        """out[i, c] = sum_h exp(min(kl_i.kr_cand[c], 0)) * (u_i . u_cand[c]), i < N, c < C."""
-        rows = tl.program_id(0) * BM + tl.arange(0, BM)
-        cols = tl.program_id(1) * BN + tl.arange(0, BN)
-        row_ok, col_ok = rows < N, cols < C
-        cand = tl.load(cand_ptr + cols, mask=col_ok, other=0)
+    def _similarity(k_ptr, v_ptr, mean_ptr, half_ptr, scale_ptr, rows, cols, row_ok, col_ok, N, inv_sqrt_d,
+                    H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                    BK: tl.constexpr):
+        """S[rows, cols], [BM, BN] float32 in [-1, 1], from [H, N, d] keys and values (module docstring)."""
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         for h in range(H):
-            rbf = tl.exp(tl.minimum(_dot_block(kl_ptr, kr_ptr, rows, cand, row_ok, col_ok, h, N, DK, BM, BN, BK), 0.0))
-            acc += rbf * _dot_block(u_ptr, u_ptr, rows, cand, row_ok, col_ok, h, N, DU, BM, BN, BK)
-        acc = tl.minimum(tl.maximum(acc, -1.0), 1.0)
-        tl.store(out_ptr + rows[:, None] * C + cols[None, :], acc, mask=row_ok[:, None] & col_ok[None, :])
+            kk = tl.zeros((BM, BN), dtype=tl.float32)
+            for k0 in range(0, DK, BK):
+                d = k0 + tl.arange(0, BK)
+                mu = tl.load(mean_ptr + h * DK + d, mask=d < DK, other=0.0)
+                a = tl.load(k_ptr + (h * N + rows[:, None]) * DK + d[None, :],
+                            mask=row_ok[:, None] & (d[None, :] < DK), other=0.0).to(tl.float32) - mu[None, :]
+                b = tl.load(k_ptr + (h * N + cols[None, :]) * DK + d[:, None],
+                            mask=col_ok[None, :] & (d[:, None] < DK), other=0.0).to(tl.float32) - mu[:, None]
+                kk += tl.dot(a, b, input_precision="tf32x3")
+            vv = tl.zeros((BM, BN), dtype=tl.float32)
+            for k0 in range(0, DV, BK):
+                d = k0 + tl.arange(0, BK)
+                a = tl.load(v_ptr + (h * N + rows[:, None]) * DV + d[None, :],
+                            mask=row_ok[:, None] & (d[None, :] < DV), other=0.0)
+                b = tl.load(v_ptr + (h * N + cols[None, :]) * DV + d[:, None],
+                            mask=col_ok[None, :] & (d[:, None] < DV), other=0.0)
+                if a.dtype == tl.float32:
+                    vv += tl.dot(a, b, input_precision="tf32x3")
+                else:
+                    vv += tl.dot(a, b)                            # 16-bit products are exact in float32
+            half_r = tl.load(half_ptr + h * N + rows, mask=row_ok, other=0.0)
+            half_c = tl.load(half_ptr + h * N + cols, mask=col_ok, other=0.0)
+            scale_r = tl.load(scale_ptr + h * N + rows, mask=row_ok, other=0.0)
+            scale_c = tl.load(scale_ptr + h * N + cols, mask=col_ok, other=0.0)
+            rbf = tl.exp(tl.minimum(kk * inv_sqrt_d - half_r[:, None] - half_c[None, :], 0.0))
+            acc += rbf * (vv * scale_r[:, None] * scale_c[None, :])
+        return tl.minimum(tl.maximum(acc, -1.0), 1.0)
 
     @triton.jit
-    def _rescore(s_ptr, cand_ptr, score_ptr, rel_ptr, red_ptr, tau_ptr, out_ptr, count_ptr, P, penalty,
-                 FIRST: tl.constexpr, HAS_OUTSIDE: tl.constexpr, BLOCK: tl.constexpr, ROUNDS: tl.constexpr):
-        """Candidate j's score after every candidate that could be picked before it; -inf unless it beats
-        the best token outside the pool (tau). s is the step's column block [N, P], read at rows cand."""
-        j = tl.program_id(0)
-        cj = tl.load(cand_ptr + j)
-        rel_j = tl.load(rel_ptr + cj)
-        base_j = float("-inf") if FIRST else tl.load(red_ptr + cj)
-        rescored = tl.load(score_ptr + j)
-        for r in range(ROUNDS):
-            worst = tl.full((), float("-inf"), tl.float32)
-            for start in range(0, P, BLOCK):
-                i = start + tl.arange(0, BLOCK)
-                inside = i < P
-                s = tl.load(s_ptr + cj * P + i, mask=inside, other=float("-inf"))
-                score_i = tl.load(score_ptr + i, mask=inside, other=float("-inf"))
-                # rivals: ranked above j, or (after the first round) scoring above j's rescored value
-                rival = (i < j) | ((score_i > rescored) & (i != j) & (r > 0))
-                worst = tl.maximum(worst, tl.max(tl.where(rival & inside, s, float("-inf")), axis=0))
-            red = tl.maximum(base_j, worst)
-            red = tl.where(red == float("-inf"), 0.0, red)
-            rescored = rel_j - penalty * red
-        if HAS_OUTSIDE:
-            accept = (rescored >= tl.load(tau_ptr)) | (j == 0)
-            rescored = tl.where(accept, rescored, float("-inf"))
-            tl.atomic_add(count_ptr, accept.to(tl.int32))
-        tl.store(out_ptr + j, rescored)
+    def _token_tables(k_ptr, v_ptr, mean_ptr, half_ptr, scale_ptr, N, inv_sqrt_d,
+                      H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr,
+                      BDK: tl.constexpr, BDV: tl.constexpr):
+        """half and scale for a block of tokens. log ||dW_i^h|| = |k_i^h|^2 / (2 sqrt d) + log |v_i^h|;
+        w_i^h = ||dW_i^h|| / sqrt(sum_h ||dW_i^h||^2), in log space (iwp.dual_form.DualFactors)."""
+        rows = tl.program_id(0) * BM + tl.arange(0, BM)
+        ok = rows < N
+        dk, dv = tl.arange(0, BDK), tl.arange(0, BDV)
+        top = tl.full((BM,), float("-inf"), tl.float32)        # running logsumexp over heads of 2 log||dW||
+        total = tl.zeros((BM,), dtype=tl.float32)
+        for h in range(H):
+            k = tl.load(k_ptr + (h * N + rows[:, None]) * DK + dk[None, :], mask=ok[:, None] & (dk[None, :] < DK),
+                        other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + (h * N + rows[:, None]) * DV + dv[None, :], mask=ok[:, None] & (dv[None, :] < DV),
+                        other=0.0).to(tl.float32)
+            v_norm = tl.maximum(tl.sqrt(tl.sum(v * v, axis=1)), 1e-30)
+            log2 = 2.0 * (tl.sum(k * k, axis=1) * (0.5 * inv_sqrt_d) + tl.log(v_norm))
+            new_top = tl.maximum(top, log2)
+            total = total * tl.exp(top - new_top) + tl.exp(log2 - new_top)
+            top = new_top
+            mu = tl.load(mean_ptr + h * DK + dk, mask=dk < DK, other=0.0)
+            kc = tl.where(dk[None, :] < DK, k - mu[None, :], 0.0)
+            tl.store(half_ptr + h * N + rows, tl.sum(kc * kc, axis=1) * (0.5 * inv_sqrt_d), mask=ok)
+            tl.store(scale_ptr + h * N + rows, log2, mask=ok)               # 2 log||dW|| until the next pass
+        lse = top + tl.log(total)
+        for h in range(H):
+            v = tl.load(v_ptr + (h * N + rows[:, None]) * DV + dv[None, :], mask=ok[:, None] & (dv[None, :] < DV),
+                        other=0.0).to(tl.float32)
+            v_norm = tl.maximum(tl.sqrt(tl.sum(v * v, axis=1)), 1e-30)
+            log2 = tl.load(scale_ptr + h * N + rows, mask=ok, other=0.0)
+            tl.store(scale_ptr + h * N + rows, tl.exp(0.5 * (log2 - lse)) / v_norm, mask=ok)
+
+    @triton.jit
+    def _orderable(bits):
+        """float32 bits -> int32 of the same order (an involution: it also maps back)."""
+        return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+    @triton.jit
+    def _key(score, token):
+        """A unique int64 per token, ordered as (score, then lower token first): sorting keys sorts tokens
+        as greedy MMR's argmax ranks them. + 0.0 turns -0.0 into 0.0, which compare equal as floats."""
+        bits = (score + 0.0).to(tl.int32, bitcast=True)
+        return (_orderable(bits).to(tl.int64) << 32) | (2147483647 - token.to(tl.int64))
+
+    @triton.jit
+    def _pick_key(score, token):
+        """As _key, with the token in bits 12-30 (tokens < MAX_TOKENS), leaving bits 0-11 free."""
+        bits = (score + 0.0).to(tl.int32, bitcast=True)
+        return (_orderable(bits).to(tl.int64) << 32) | ((524287 - token.to(tl.int64)) << 12)
+
+    @triton.jit
+    def _score_of(key):
+        return _orderable((key >> 32).to(tl.int32)).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _step_sizes(state_ptr, n, budget, chunk, pool_cap):
+        """(tokens taken so far, chunk size c, pool size P) of this step, read from the device."""
+        count = tl.load(state_ptr)
+        c = tl.minimum(chunk, budget - count)
+        c = tl.where(count == 0, tl.minimum(c, 1), c)       # the first pick turns 'no redundancy' into S
+        pool = tl.minimum(tl.minimum(2 * c, n - count), pool_cap)
+        return count, c, pool
+
+    @triton.jit
+    def _pool_block(k_ptr, v_ptr, mean_ptr, half_ptr, scale_ptr, order_ptr, state_ptr, out_ptr, N, inv_sqrt_d,
+                    budget, chunk, pool_cap, H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        """out[b, a] = S[pool_a, pool_b] over the step's pool (the top P tokens of order); row b is what
+        picking pool member b does to every member's redundancy."""
+        count, c, pool = _step_sizes(state_ptr, N, budget, chunk, pool_cap)
+        a = tl.program_id(0) * BM + tl.arange(0, BM)
+        b = tl.program_id(1) * BN + tl.arange(0, BN)
+        if (tl.program_id(0) * BM < pool) & (tl.program_id(1) * BN < pool):
+            a_ok, b_ok = a < pool, b < pool
+            rows = tl.load(order_ptr + a, mask=a_ok, other=0)
+            cols = tl.load(order_ptr + b, mask=b_ok, other=0)
+            s = _similarity(k_ptr, v_ptr, mean_ptr, half_ptr, scale_ptr, rows, cols, a_ok, b_ok, N, inv_sqrt_d,
+                            H, DK, DV, BM, BN, BK)
+            tl.store(out_ptr + b[None, :] * pool_cap + a[:, None], s, mask=a_ok[:, None] & b_ok[None, :])
+
+    @triton.jit
+    def _pick(pool_ptr, top_ptr, order_ptr, rel_ptr, red_ptr, taken_ptr, picks_ptr, state_ptr,
+              N, budget, chunk, pool_cap, penalty, BLOCK: tl.constexpr):
+        """Greedy MMR inside the pool, one program: take the pool's best token while no token outside
+        could beat it. Outside tokens only lose score as tokens are taken, so the best of them before
+        this step (tau, the key at rank P) bounds them all; the picks are exactly greedy MMR's.
+        top/order: the step's highest keys and their tokens, best first."""
+        count, c, pool = _step_sizes(state_ptr, N, budget, chunk, pool_cap)
+        slot = tl.arange(0, BLOCK)
+        inside = slot < pool
+        token = tl.load(order_ptr + slot, mask=inside, other=0)
+        rel = tl.load(rel_ptr + token, mask=inside, other=0.0)
+        red = tl.load(red_ptr + token, mask=inside, other=float("-inf"))
+        score = _score_of(tl.load(top_ptr + slot, mask=inside, other=0))
+        alive = inside & (score > float("-inf"))
+        # Candidates compare by (score, lower token first) as the keys do, with the pool slot riding in
+        # the low 12 bits so that one max-reduction also says where the winner sits.
+        outside = pool < N
+        tau_key = tl.load(top_ptr + pool, mask=outside, other=0)
+        tau = tl.where(outside, _pick_key(_score_of(tau_key), 2147483647 - (tau_key & 0xFFFFFFFF)) >> 12,
+                       -9223372036854775807 >> 12)
+        taken_now = 0
+        go = c > 0
+        while go:
+            best = tl.max(tl.where(alive, _pick_key(score, token) | slot.to(tl.int64), -9223372036854775807), axis=0)
+            ok = (best >> 12) > tau
+            if ok:
+                best_slot = (best & 4095).to(tl.int32)
+                best_token = 524287 - ((best >> 12) & 524287)
+                tl.store(picks_ptr + count + taken_now, best_token)
+                tl.store(taken_ptr + best_token, 1)
+                red = tl.maximum(red, tl.load(pool_ptr + best_slot * pool_cap + slot, mask=inside, other=0.0))
+                alive = alive & (slot != best_slot)
+                score = tl.where(alive, rel - penalty * red, float("-inf"))
+                taken_now += 1
+            go = ok & (taken_now < c)
+        tl.store(state_ptr + 1, count)
+        tl.store(state_ptr, count + taken_now)
+
+    @triton.jit
+    def _update(k_ptr, v_ptr, mean_ptr, half_ptr, scale_ptr, picks_ptr, state_ptr, rel_ptr, red_ptr, taken_ptr,
+                keys_ptr, N, inv_sqrt_d, penalty, H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        """red[i] = max(red[i], S[i, this step's picks]) and the new MMR score keys, for a block of rows."""
+        rows = tl.program_id(0) * BM + tl.arange(0, BM)
+        row_ok = rows < N
+        start = tl.load(state_ptr + 1)
+        stop = tl.load(state_ptr)
+        red = tl.load(red_ptr + rows, mask=row_ok, other=float("-inf"))
+        c0 = start
+        while c0 < stop:
+            cols = c0 + tl.arange(0, BN)
+            col_ok = cols < stop
+            picked = tl.load(picks_ptr + cols, mask=col_ok, other=0)
+            s = _similarity(k_ptr, v_ptr, mean_ptr, half_ptr, scale_ptr, rows, picked, row_ok, col_ok, N,
+                            inv_sqrt_d, H, DK, DV, BM, BN, BK)
+            red = tl.maximum(red, tl.max(tl.where(col_ok[None, :], s, float("-inf")), axis=1))
+            c0 += BN
+        tl.store(red_ptr + rows, red, mask=row_ok)
+        rel = tl.load(rel_ptr + rows, mask=row_ok, other=0.0)
+        taken = tl.load(taken_ptr + rows, mask=row_ok, other=1)
+        score = rel - penalty * tl.where(red == float("-inf"), 0.0, red)
+        tl.store(keys_ptr + rows, _key(tl.where(taken != 0, float("-inf"), score), rows), mask=row_ok)
 
 
-def columns(k_left: torch.Tensor, k_right: torch.Tensor, u: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    """S[:, cand] as one kernel; k_left/k_right [H,N,d+2], u [H,N,dv] contiguous float32."""
-    H, N, DK = k_left.shape
-    C = cand.numel()
-    out = torch.empty(N, C, dtype=torch.float32, device=u.device)
-    BM, BN, BK = 64, 32, 32
-    _columns[(triton.cdiv(N, BM), triton.cdiv(C, BN))](k_left, k_right, u, cand, out, N, C, H, DK, u.shape[2],
-                                                       BM=BM, BN=BN, BK=BK)
-    return out
+@dataclass
+class _Run:
+    """Device buffers of one input shape, and the CUDA graphs that replay its steps."""
+    budget: int
+    chunks: list[int]          # the schedule's largest chunk per step; the last one repeats
+    penalty: float
+    k: torch.Tensor            # [H, N, dk] keys after RoPE, as the model gave them
+    v: torch.Tensor            # [H, N, dv]
+    rel: torch.Tensor          # [N] float32 relevance, lam * m / max(m)
+    tuning: dict | None = None
+    graphs: list | None = None
+
+    def __post_init__(self):
+        H, n, dk = self.k.shape
+        dev = self.rel.device
+        self.n, self.pool_cap = n, min(2 * max(self.chunks), n)
+        f32 = dict(device=dev, dtype=torch.float32)
+        self.mean, self.half, self.scale = torch.empty(H, dk, **f32), torch.empty(H, n, **f32), torch.empty(H, n, **f32)
+        self.red = torch.empty(n, **f32)
+        self.keys = torch.empty(n, dtype=torch.long, device=dev)       # MMR score keys (_key), -inf once taken
+        self.taken = torch.empty(n, dtype=torch.int8, device=dev)
+        self.picks = torch.empty(self.budget, dtype=torch.long, device=dev)
+        self.state = torch.empty(2, dtype=torch.int32, device=dev)
+        self.pool = torch.empty(self.pool_cap * self.pool_cap, **f32)
+        self.block = triton.next_power_of_2(self.pool_cap)
+        self.inv_sqrt_d = 1.0 / math.sqrt(dk)
+        self.tuning = dict(TUNING, **(self.tuning or {}))
+
+    def load(self, rel: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        for mine, new in ((self.rel, rel), (self.k, k), (self.v, v)):
+            mine.copy_(new)
+
+    def _shapes(self) -> dict:
+        H, _, dk = self.k.shape
+        return dict(H=H, DK=dk, DV=self.v.shape[2])
+
+    def prepare(self) -> None:
+        """The per-token tables, and the state of a run that has picked nothing."""
+        torch.mean(self.k, dim=1, dtype=torch.float32, out=self.mean)
+        dk, dv = self.k.shape[2], self.v.shape[2]
+        BM = 32
+        _token_tables[(triton.cdiv(self.n, BM),)](self.k, self.v, self.mean, self.half, self.scale, self.n,
+                                                  self.inv_sqrt_d, **self._shapes(), BM=BM,
+                                                  BDK=triton.next_power_of_2(dk), BDV=triton.next_power_of_2(dv))
+        self.red.fill_(float("-inf"))
+        self.taken.zero_()
+        self.state.zero_()
+        self._update_keys()                                 # nothing picked: the scores are the relevances
+
+    def _update_keys(self) -> None:
+        t = self.tuning
+        _update[(triton.cdiv(self.n, t["update_rows"]),)](
+            self.k, self.v, self.mean, self.half, self.scale, self.picks, self.state, self.rel, self.red, self.taken,
+            self.keys, self.n, self.inv_sqrt_d, self.penalty, **self._shapes(), BM=t["update_rows"],
+            BN=t["update_cols"], BK=t["bk"])
+
+    def step(self, chunk: int) -> None:
+        """One PC-MMR step whose chunk is at most `chunk` tokens; a no-op once the budget is filled."""
+        N, t = self.n, self.tuning
+        pool = min(2 * chunk, N)
+        if t["topk"]:                                       # the pool and the best token outside it
+            top, order = torch.topk(self.keys, min(pool + 1, N), sorted=True)
+        else:
+            top, order = torch.sort(self.keys, descending=True)
+        BP = t["pool_tile"]
+        _pool_block[(triton.cdiv(pool, BP), triton.cdiv(pool, BP))](
+            self.k, self.v, self.mean, self.half, self.scale, order, self.state, self.pool, N, self.inv_sqrt_d,
+            self.budget, chunk, self.pool_cap, **self._shapes(), BM=BP, BN=BP, BK=t["bk"])
+        _pick[(1,)](self.pool, top, order, self.rel, self.red, self.taken, self.picks, self.state,
+                    N, self.budget, chunk, self.pool_cap, self.penalty, BLOCK=self.block, num_warps=t["pick_warps"])
+        self._update_keys()
+
+    def segments(self) -> list[list[int]]:
+        """Steps replayed between host checks: the growing chunks and a few more, then short batches."""
+        return [self.chunks + [self.chunks[-1]] * STEPS_AFTER_GROWTH, [self.chunks[-1]] * STEPS_PER_CHECK]
+
+    def filled(self) -> bool:
+        return int(self.state[0]) >= self.budget            # the host check: one sync
+
+    def run_eager(self) -> None:
+        first, more = self.segments()
+        self.prepare()
+        for chunk in first:
+            self.step(chunk)
+        while not self.filled():
+            for chunk in more:
+                self.step(chunk)
+
+    def capture(self) -> None:
+        """Record the two segments as CUDA graphs (an eager run has compiled the kernels)."""
+        graphs = []
+        device = self.rel.device
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        for i, chunks in enumerate(self.segments()):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, stream=stream, capture_error_mode="thread_local"):
+                if i == 0:
+                    self.prepare()
+                for chunk in chunks:
+                    self.step(chunk)
+            graphs.append(g)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graphs = graphs
+
+    def run_graphs(self) -> None:
+        first, more = self.graphs
+        first.replay()
+        while not self.filled():
+            more.replay()
 
 
-def rescore(s_cols: torch.Tensor, cand: torch.Tensor, cand_score: torch.Tensor, relevance: torch.Tensor,
-            red: torch.Tensor, tau: torch.Tensor | None, penalty: float, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rescored [P] with -inf for rejected candidates, number accepted as a device int32)."""
-    P = cand.numel()
-    out = torch.empty(P, dtype=torch.float32, device=s_cols.device)
-    count = torch.zeros(1, dtype=torch.int32, device=s_cols.device)
-    block = min(1024, triton.next_power_of_2(max(P, 16)))
-    _rescore[(P,)](s_cols, cand, cand_score, relevance, red, tau if tau is not None else cand_score, out, count,
-                   P, penalty, FIRST=first, HAS_OUTSIDE=tau is not None, BLOCK=block, ROUNDS=ROUNDS)
-    return out, count
+_RUNS: dict[tuple, _Run] = {}
+
+
+def pc_mmr(relevance: torch.Tensor, k: torch.Tensor, v: torch.Tensor, budget: int, penalty: float,
+           chunks: list[int]) -> torch.Tensor:
+    """Picks in pick order, as iwp.mmr's PyTorch path. k [H, N, dk] (after RoPE) and v [H, N, dv] in the
+    model's dtype; chunks: the schedule's largest chunk per step until it stops growing."""
+    key = (relevance.device, budget, tuple(k.shape), k.dtype, tuple(v.shape), v.dtype, penalty, tuple(chunks),
+           tuple(TUNING.items()))
+    run = _RUNS.pop(key, None)
+    if run is None:
+        own = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in (k, v)]
+        run = _Run(budget, list(chunks), penalty, *own, rel=torch.empty_like(relevance, dtype=torch.float32),
+                   tuning=dict(TUNING))
+    _RUNS[key] = run                                      # most recently used last
+    while len(_RUNS) > MAX_RUNS:
+        _RUNS.pop(next(iter(_RUNS)))
+    run.load(relevance, k, v)
+    if USE_GRAPHS and run.graphs:
+        run.run_graphs()
+    else:
+        run.run_eager()                                   # compiles the kernels on their first call
+        if USE_GRAPHS and run.graphs is None:
+            try:
+                run.capture()
+            except RuntimeError:                          # capture unsupported here: stay eager
+                run.graphs = []
+    return run.picks.clone()
+
+
+def clear() -> None:
+    """Free every cached run's buffers and graphs."""
+    _RUNS.clear()

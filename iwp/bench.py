@@ -2,6 +2,7 @@
 
   selection  scoring + PC-MMR against token-by-token greedy MMR, Qwen2-7B-shaped heads (this file)
   models     prefill / decode / memory of real-size models, unpruned vs pruned (iwp/bench_models.py)
+  multigpu   a real-size model split over every GPU, unpruned vs pruned (iwp/bench_multigpu.py)
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 import torch
 
 from . import _pool_kernel
-from .dual_form import DualFactors, information_duplication, information_magnitude
+from .dual_form import information_duplication, information_magnitude
+from . import mmr
 from .mmr import greedy_mmr, pc_mmr
 from .selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
 
@@ -67,28 +69,71 @@ def _timed(fn, device: str, repeats: int, warmup: int) -> tuple[float, object]:
 
 
 def _count_steps(run) -> int:
-    """PC-MMR steps of one run: each step computes exactly one column block of S (fused or not)."""
+    """PC-MMR steps of one run on the PyTorch path: each step runs greedy MMR inside one pool."""
     calls = 0
+    plain = mmr._pick_in_pool
 
-    def counting(fn):
-        def wrapped(*args):
-            nonlocal calls
-            calls += 1
-            return fn(*args)
-        return wrapped
+    def counting(*args):
+        nonlocal calls
+        calls += 1
+        return plain(*args)
 
-    plain, fused = DualFactors.columns, _pool_kernel.columns
-    DualFactors.columns, _pool_kernel.columns = counting(plain), counting(fused)
+    mmr._pick_in_pool, fused = counting, _pool_kernel.AVAILABLE
+    _pool_kernel.AVAILABLE = False
     try:
         run()
     finally:
-        DualFactors.columns, _pool_kernel.columns = plain, fused
+        mmr._pick_in_pool, _pool_kernel.AVAILABLE = plain, fused
     return calls
 
 
+def _first_calls(fn, device: str, calls: int = 2) -> list[float]:
+    """Wall ms of the first calls on a new input shape (kernel compilation, then graph capture)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times = []
+    for _ in range(calls):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(round((time.perf_counter() - start) * 1e3, 1))
+    return times
+
+
+def _tuning(spec: str) -> dict:
+    """"bk=32,pick_warps=4" -> {"bk": 32, "pick_warps": 4} (keys of _pool_kernel.TUNING)."""
+    out = {}
+    for pair in filter(None, spec.split(",")):
+        key, value = pair.split("=")
+        if key not in _pool_kernel.TUNING:
+            raise ValueError(f"unknown tuning key {key!r}; choose from {sorted(_pool_kernel.TUNING)}")
+        out[key] = int(value)
+    return out
+
+
+def bench_tunings(run_pc, greedy_picks, device: str, specs: list[str], repeats: int, warmup: int) -> list[dict]:
+    """The fused path under other launch shapes: time, and agreement with greedy MMR."""
+    saved = dict(_pool_kernel.TUNING)
+    out = []
+    try:
+        for spec in specs:
+            _pool_kernel.TUNING = dict(saved, **_tuning(spec))
+            _first_calls(run_pc, device)
+            ms, picks = _timed(run_pc, device, repeats, warmup)
+            out.append({"tuning": spec, "pc_mmr_ms": round(ms, 3),
+                        "same_order_as_greedy": round((picks == greedy_picks).float().mean().item(), 4)})
+            print(f"    tuning {spec:40s} {ms:7.3f} ms   same order as greedy {out[-1]['same_order_as_greedy']:.1%}",
+                  flush=True)
+    finally:
+        _pool_kernel.TUNING = saved
+    return out
+
+
 def bench_selection(sizes, device: str, ratio: float, repeats: int, greedy_repeats: int, warmup: int,
-                    lam: float, first_chunk: int, growth: float) -> list[dict]:
+                    lam: float, first_chunk: int, growth: float, tunings: list[str] = (),
+                    tuning_sizes: tuple[int, ...] = (6272,)) -> list[dict]:
     rows = []
+    fused = device.startswith("cuda") and _pool_kernel.AVAILABLE
     for n in sizes:
         q, k, v = structured_tokens(n, device=device)
         budget = max(1, round(ratio * n))
@@ -99,32 +144,40 @@ def bench_selection(sizes, device: str, ratio: float, repeats: int, greedy_repea
         def run_greedy():
             return greedy_mmr(information_magnitude(q, k, v), information_duplication(k, v), budget, lam)
 
+        first_ms = _first_calls(run_pc, device) if fused else None
         pc_ms, pc_picks = _timed(run_pc, device, repeats, warmup)
         steps = _count_steps(run_pc)
-        fused = device.startswith("cuda") and _pool_kernel.AVAILABLE
-        if fused:                                   # the same run on the plain PyTorch path, for reference
-            factors = DualFactors(k, v)
-            some = torch.randperm(n, device=device)[:256]
-            kernel_err = (_pool_kernel.columns(factors.k_left, factors.k_right, factors.u, some)
-                          - factors.columns(some)).abs().max().item()
+        row = {"n": n, "budget": budget, "pc_mmr_ms": round(pc_ms, 3)}
+        if fused:                                   # the same algorithm without graphs, and in plain PyTorch
+            _pool_kernel.USE_GRAPHS = False
+            try:
+                eager_ms, eager_picks = _timed(run_pc, device, repeats, warmup)
+            finally:
+                _pool_kernel.USE_GRAPHS = True
             _pool_kernel.AVAILABLE = False
             try:
-                torch_ms, torch_picks = _timed(run_pc, device, repeats, warmup)
+                torch_ms, torch_picks = _timed(run_pc, device, greedy_repeats, 1)
             finally:
                 _pool_kernel.AVAILABLE = True
+            row.update(first_calls_ms=first_ms, pc_mmr_no_graphs_ms=round(eager_ms, 3),
+                       pc_mmr_pytorch_ms=round(torch_ms, 3),
+                       graphs_equal_no_graphs=bool(torch.equal(pc_picks, eager_picks)),
+                       fused_picks_equal_pytorch=bool(torch.equal(pc_picks, torch_picks)),
+                       fused_same_order_as_pytorch=round((pc_picks == torch_picks).float().mean().item(), 4))
         greedy_ms, greedy_picks = _timed(run_greedy, device, greedy_repeats, 1)
         score_ms, _ = _timed(lambda: information_magnitude(q, k, v), device, repeats, warmup)
         shared = len(set(pc_picks.tolist()) & set(greedy_picks.tolist())) / budget
-        rows.append({"n": n, "budget": budget, "pc_mmr_ms": round(pc_ms, 3), "greedy_mmr_ms": round(greedy_ms, 3),
-                     "scoring_only_ms": round(score_ms, 3), "speedup": round(greedy_ms / pc_ms, 2),
-                     "shared_with_greedy": round(shared, 4), "pc_mmr_steps": steps, "fused_kernel": fused})
-        if fused:
-            rows[-1].update(pc_mmr_pytorch_ms=round(torch_ms, 3), columns_kernel_max_abs_err=kernel_err,
-                            fused_picks_equal_pytorch=bool(torch.equal(pc_picks, torch_picks)),
-                            fused_shared_with_pytorch=round(len(set(pc_picks.tolist()) & set(torch_picks.tolist())) / budget, 4))
+        same_order = (pc_picks == greedy_picks).float().mean().item()
+        row.update(greedy_mmr_ms=round(greedy_ms, 3), scoring_only_ms=round(score_ms, 3),
+                   speedup=round(greedy_ms / pc_ms, 2), shared_with_greedy=round(shared, 4),
+                   same_order_as_greedy=round(same_order, 4), pc_mmr_steps=steps, fused_kernel=fused)
+        rows.append(row)
+        if fused and tunings and n in tuning_sizes:
+            row["tunings"] = bench_tunings(run_pc, greedy_picks, device, tunings, repeats, warmup)
         print(f"N={n:6d} K={budget:5d}  scoring+PC-MMR {pc_ms:8.2f} ms   scoring+greedy {greedy_ms:9.2f} ms"
-              f"   x{greedy_ms / pc_ms:6.1f}   shared picks {shared:.1%}   steps {steps}"
-              + (f"   (PyTorch path {torch_ms:.2f} ms, same picks: {torch.equal(pc_picks, torch_picks)})" if fused else ""),
+              f"   x{greedy_ms / pc_ms:6.1f}   shared picks {shared:.1%} (same order {same_order:.1%})   steps {steps}"
+              + (f"   (no graphs {row['pc_mmr_no_graphs_ms']:.2f} ms, PyTorch path {torch_ms:.2f} ms, "
+                 f"same picks: {row['fused_picks_equal_pytorch']}, first calls {first_ms} ms)" if fused else ""),
               flush=True)
         del q, k, v
         if device.startswith("cuda"):
@@ -154,14 +207,19 @@ def selection_main(argv: list[str]) -> int:
     p.add_argument("--lam", type=float, default=DEFAULT_LAM)
     p.add_argument("--first-chunk", type=int, default=DEFAULT_FIRST_CHUNK)
     p.add_argument("--growth", type=float, default=DEFAULT_GROWTH)
+    p.add_argument("--tune", nargs="*", default=[], help="launch shapes to compare at N=6272, e.g. bk=32 "
+                   "bk=128,pick_warps=4 (keys of iwp._pool_kernel.TUNING)")
     p.add_argument("--json", type=Path, help="where to write results (default assets/benchmarks/selection-<gpu>.json)")
     a = p.parse_args(argv)
     rows = bench_selection(a.sizes, a.device, a.ratio, a.repeats, a.greedy_repeats, a.warmup, a.lam,
-                           a.first_chunk, a.growth)
+                           a.first_chunk, a.growth, a.tune)
     result = {
         "benchmark": "selection", "device": torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else platform.processor() or "cpu",
         "torch": torch.__version__, "dtype": "bfloat16", "q_heads": 28, "kv_heads": 4, "head_dim": 128, "text_queries": 32,
         "keep_ratio": a.ratio, "lam": a.lam, "first_chunk": a.first_chunk, "growth": a.growth,
+        "kernels": "Triton, CUDA graphs; key dot products tf32x3, value dot products bf16 (iwp/_pool_kernel.py)",
+        "tuning": _pool_kernel.TUNING,
+        "command": "python -m iwp.bench selection " + " ".join(argv),
         "inputs": "structured_tokens(): video-like frames with flat regions, objects and a shared key offset",
         "timing": f"median of {a.repeats} (PC-MMR) / {a.greedy_repeats} (greedy) runs after warm-up, synchronised",
         "results": rows,
@@ -175,11 +233,14 @@ def selection_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("selection", "models"):
+    if not argv or argv[0] not in ("selection", "models", "multigpu"):
         print(__doc__.strip())
         return 2
     if argv[0] == "selection":
         return selection_main(argv[1:])
+    if argv[0] == "multigpu":
+        from . import bench_multigpu
+        return bench_multigpu.main(argv[1:])
     from . import bench_models
     return bench_models.main(argv[1:])
 

@@ -38,6 +38,7 @@ def init() -> World:
         return World()
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")        # multicast can take a shared host's GPUs down
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+    os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"

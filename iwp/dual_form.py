@@ -71,8 +71,7 @@ class DualFactors:
 
     def columns(self, cols: Tensor) -> Tensor:
         """S[:, cols] for all N tokens, [N, C] float32. The fast path of PC-MMR."""
-        rbf = torch.bmm(self.k_left, self.k_right[:, cols].transpose(1, 2)).clamp_max_(0).exp_()
-        return torch.bmm(self.u, self.u[:, cols].transpose(1, 2)).mul_(rbf).sum(0).clamp_(-1.0, 1.0)
+        return self._similarity(self.k_left, self.u, self.k_right[:, cols], self.u[:, cols])
 
     def block(self, rows: Tensor | None = None, cols: Tensor | None = None) -> Tensor:
         """S restricted to token rows x cols (index tensors; None = all), [R, C] float32 in [-1, 1].
@@ -82,8 +81,14 @@ class DualFactors:
         everything = torch.arange(len(self), device=self.u.device)
         cols = everything if cols is None else cols
         rows = everything if rows is None else rows
-        s = self.columns(cols)[rows]
+        s = self._similarity(self.k_left[:, rows], self.u[:, rows], self.k_right[:, cols], self.u[:, cols])
         return s.masked_fill_(rows[:, None] == cols[None, :], 1.0)
+
+    @staticmethod
+    def _similarity(k_left: Tensor, u_left: Tensor, k_right: Tensor, u_right: Tensor) -> Tensor:
+        """The one formula for S: sum over heads of exp(min(k_left . k_right, 0)) * (u_left . u_right)."""
+        rbf = torch.bmm(k_left, k_right.transpose(1, 2)).clamp_max_(0).exp_()
+        return torch.bmm(u_left, u_right.transpose(1, 2)).mul_(rbf).sum(0).clamp_(-1.0, 1.0)
 
 
 def information_duplication(k: Tensor, v: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _pool_kernel
-from .dual_form import DualFactors
+from .dual_form import DualFactors, _check_qkv
 
 
 def _check_budget(m: Tensor, budget: int) -> int:
@@ -63,102 +63,105 @@ def _check_schedule(first_chunk: int, growth: float) -> None:
         raise ValueError(f"growth must be >= 1, got {growth}")
 
 
+MAX_CHUNK = _pool_kernel.MAX_POOL // 2     # picks per step at most (the pool holds 2c candidates)
+
+
 def chunk_sizes(budget: int, first_chunk: int = 1, growth: float = 2.0) -> list[int]:
-    """The largest chunks PC-MMR may take: first_chunk, times growth each step, summing to budget."""
+    """The schedule's chunks if every step took its largest chunk: first_chunk, times growth each step,
+    summing to budget (pictures of the pick order use it; real steps may take fewer)."""
     _check_schedule(first_chunk, growth)
     sizes, size, left = [], float(first_chunk), budget
     while left > 0:
-        c = min(max(1, int(size)), left)
+        c = min(max(1, int(size)), left, MAX_CHUNK)
         sizes.append(c)
         left -= c
         size *= growth
     return sizes
 
 
-def _rescore_torch(s_pool: Tensor, cand_score: Tensor, cand_rel: Tensor, base_red: Tensor, penalty: float,
-                   above: Tensor, rounds: int = 3) -> Tensor:
-    """Each candidate's MMR score after every candidate that could still be picked before it.
-
-    Rivals of candidate j: those ranked above it, and (after the first round) those whose current score
-    beats j's rescored value. base_red is -inf while nothing is picked (redundancy then starts at 0).
-    """
-    rivals = above
-    not_self = ~torch.eye(len(cand_score), dtype=torch.bool, device=s_pool.device)
-    for _ in range(rounds):
-        red = torch.maximum(base_red, s_pool.masked_fill(~rivals, float("-inf")).amax(dim=1))
-        rescored = torch.add(cand_rel, red.masked_fill_(torch.isneginf(red), 0.0), alpha=-penalty)
-        rivals = above | ((cand_score[None, :] > rescored[:, None]) & not_self)
-    return rescored
+def growing_chunks(budget: int, first_chunk: int = 1, growth: float = 2.0) -> list[int]:
+    """The largest chunk of each PC-MMR step until it stops growing (it then repeats): first_chunk,
+    times growth each step, capped by the budget and MAX_CHUNK."""
+    _check_schedule(first_chunk, growth)
+    cap = max(1, min(budget, MAX_CHUNK))
+    sizes, size = [], float(first_chunk)
+    while True:
+        sizes.append(min(max(1, int(size)), cap))
+        if sizes[-1] == cap or growth == 1.0:
+            return sizes
+        size *= growth
 
 
-def _columns(factors: DualFactors, idx: Tensor, fused: bool) -> Tensor:
-    """S[:, idx]: one fused kernel for small blocks, where launches dominate; cuBLAS for large ones."""
-    if fused and len(factors) * idx.numel() <= _pool_kernel.SMALL_BLOCK:
-        return _pool_kernel.columns(factors.k_left, factors.k_right, factors.u, idx)
-    return factors.columns(idx)
+def _pick_in_pool(s_pool: Tensor, cand: Tensor, rel: Tensor, red: Tensor, score: Tensor, tau: float,
+                  tau_token: int, c: int, penalty: float) -> list[int]:
+    """Greedy MMR inside the pool: take the best candidate (lowest token index among ties) while no
+    token outside could beat it; at most c. Returns pool slots in pick order (see _pool_kernel._pick)."""
+    alive = torch.isfinite(score)
+    big = torch.iinfo(cand.dtype).max
+    chosen: list[int] = []
+    while len(chosen) < c and bool(alive.any()):
+        best = float(score.max())
+        slot = int(torch.where(score == best, cand, big).argmin())
+        if not (best > tau or (best == tau and int(cand[slot]) < tau_token)):
+            break
+        chosen.append(slot)
+        alive[slot] = False
+        red = torch.maximum(red, s_pool[:, slot])
+        score = torch.add(rel, red, alpha=-penalty).masked_fill_(~alive, float("-inf"))
+    return chosen
+
+
+def _pc_mmr_torch(relevance: Tensor, factors: DualFactors, budget: int, penalty: float,
+                  chunks: list[int]) -> Tensor:
+    """PC-MMR in plain PyTorch (CPU, and the reference for the CUDA kernels)."""
+    n, device = relevance.shape[0], relevance.device
+    red = torch.full((n,), float("-inf"), device=device)    # -inf: nothing picked yet (redundancy 0)
+    taken = torch.zeros(n, dtype=torch.bool, device=device)
+    score = relevance.clone()
+    picks: list[Tensor] = []
+    count, step = 0, 0
+    while count < budget:
+        chunk = chunks[min(step, len(chunks) - 1)]
+        step += 1
+        c = 1 if count == 0 else min(chunk, budget - count)   # the first pick turns 'no redundancy' into S
+        pool = min(2 * c, n - count)
+        ranked = score.sort(descending=True, stable=True)   # stable: ties keep index order, as argmax
+        cand = ranked.indices[:pool]
+        tau, tau_token = (float(ranked.values[pool]), int(ranked.indices[pool])) if pool < n else (float("-inf"), n)
+        slots = _pick_in_pool(factors.block(cand, cand), cand, relevance[cand], red[cand], ranked.values[:pool],
+                              tau, tau_token, c, penalty)
+        chosen = cand[slots]
+        picks.append(chosen)
+        taken[chosen] = True
+        count += len(slots)
+        red = torch.maximum(red, factors.columns(chosen).amax(dim=1))
+        score = torch.add(relevance, red, alpha=-penalty).masked_fill_(taken, float("-inf"))
+    return torch.cat(picks) if picks else torch.empty(0, dtype=torch.long, device=device)
 
 
 def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
            first_chunk: int = 1, growth: float = 2.0) -> Tensor:
-    """Progressive chunked MMR: each step takes up to c tokens at once, c growing geometrically.
+    """Progressive chunked MMR: each step takes up to c tokens, c growing geometrically (chunk_sizes).
 
-    Candidates are the top 2c by MMR score. Each candidate is rescored with the redundancy it would have
-    after every candidate that could still be picked before it (a short fixed point), and taken only if
-    that still beats the best token outside the pool: greedy MMR would then pick it before any outsider.
-    The best candidate is always taken, so chunks of one are exactly greedy_mmr. Redundancy is updated
-    with one [N x 2c] block of S per step; the [N x N] matrix is never built. On CUDA with Triton the
-    rescoring is one fused kernel (iwp/_pool_kernel.py).
+    A step ranks all tokens by MMR score and takes its pool, the top 2c. Inside the pool it runs greedy
+    MMR with the pool's own [2c x 2c] block of S, and stops once the pool's best could be beaten by a
+    token outside: outside scores only fall as tokens are taken, so the best of them at the start of the
+    step bounds them all. Every pick is therefore greedy MMR's pick, in greedy's order; chunking only
+    decides how many picks share one step. Redundancy is then updated with one [N x picks] block of S;
+    the [N x N] matrix is never built. On CUDA with Triton, steps run as fused kernels replayed as CUDA
+    graphs (iwp/_pool_kernel.py).
     """
     budget = _check_budget(m, budget)
     _check_lam(lam)
     _check_schedule(first_chunk, growth)
-    factors = DualFactors(k, v)
-    n, device = m.shape[0], m.device
-    if len(factors) != n:
-        raise ValueError(f"m has {n} tokens but k/v have {len(factors)}")
+    _check_qkv(k, v)
+    n = m.shape[0]
+    if k.shape[1] != n:
+        raise ValueError(f"m has {n} tokens but k/v have {k.shape[1]}")
+    if budget == 0:
+        return torch.empty(0, dtype=torch.long, device=m.device)
     relevance, penalty = _relevance(m, lam), 1.0 - lam
-    fused = device.type == "cuda" and _pool_kernel.AVAILABLE
-    red = torch.zeros(n, device=device)       # redundancy; 0 while nothing is picked
-    taken = torch.zeros(n, dtype=torch.bool, device=device)
-    max_pool = min(2 * budget, n)             # chunks can outgrow the schedule when some picks wait
-    above = None if fused else torch.ones(max_pool, max_pool, dtype=torch.bool, device=device).tril(-1)
-    picks: list[Tensor] = []
-    left, size, step = budget, float(first_chunk), 0
-    while left > 0:
-        c = min(max(1, int(size)), left)
-        score = torch.add(relevance, red, alpha=-penalty).masked_fill_(taken, float("-inf"))
-        if c == 1:
-            chosen = score.argmax().reshape(1)                              # first maximum, as greedy
-            s_cols = _columns(factors, chosen, fused)
-        else:
-            remaining = n - (budget - left)
-            pool = min(2 * c, remaining)
-            ranked = score.sort(descending=True, stable=True)   # stable: ties keep index order, as argmax
-            cand, cand_score = ranked.indices[:pool], ranked.values[:pool]
-            s_cols = _columns(factors, cand, fused)                         # [N, pool]: the step's one block
-            outside = pool < remaining
-            if fused:                                                       # rescoring + acceptance, one kernel
-                rescored, n_ok = _pool_kernel.rescore(s_cols, cand, cand_score, relevance, red,
-                                                      ranked.values[pool:pool + 1] if outside else None,
-                                                      penalty, first=step == 0)
-                n_accept = min(c, int(n_ok)) if outside else c              # one host sync per step
-            else:
-                base_red = red[cand] if step > 0 else torch.full((pool,), float("-inf"), device=device)
-                rescored = _rescore_torch(s_cols[cand], cand_score, relevance[cand], base_red, penalty,
-                                          above[:pool, :pool])
-                n_accept = c
-                if outside:
-                    accept = rescored >= ranked.values[pool]                # beats every token outside
-                    accept[0] = True
-                    n_accept = min(c, int(accept.sum()))                    # one host sync per step
-                    rescored = rescored.masked_fill_(~accept, float("-inf"))
-            local = rescored.sort(descending=True, stable=True).indices[:n_accept]
-            chosen, s_cols = cand[local], s_cols[:, local]
-        picks.append(chosen)
-        taken[chosen] = True
-        left -= chosen.numel()
-        block_max = s_cols.amax(dim=1)
-        red = block_max if step == 0 else torch.maximum(red, block_max)
-        size *= growth
-        step += 1
-    return torch.cat(picks) if picks else torch.empty(0, dtype=torch.long, device=device)
+    chunks = growing_chunks(budget, first_chunk, growth)
+    if m.device.type == "cuda" and _pool_kernel.AVAILABLE and n < _pool_kernel.MAX_TOKENS:
+        return _pool_kernel.pc_mmr(relevance, k, v, budget, penalty, chunks)
+    return _pc_mmr_torch(relevance, DualFactors(k, v), budget, penalty, chunks)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from iwp.dual_form import information_duplication, information_magnitude
-from iwp.mmr import chunk_sizes, greedy_mmr, pc_mmr
+from iwp import mmr
+from iwp.mmr import MAX_CHUNK, chunk_sizes, greedy_mmr, growing_chunks, pc_mmr
 
 
 def mmr_reference(m, S, budget, lam):
@@ -86,21 +87,32 @@ def test_pc_mmr_skips_near_copies_inside_a_chunk():
     assert greedy_mmr(m, information_duplication(k, v), 2).tolist() == [0, 2]
 
 
-@pytest.mark.parametrize("clusters", [10, 40])
-def test_pc_mmr_keeps_most_greedy_picks_on_clustered_tokens(clusters):
+@pytest.mark.parametrize("clusters,lam,first_chunk,growth", [(10, 0.5, 1, 3.0), (40, 0.5, 1, 2.0), (40, 0.3, 4, 3.0),
+                                                             (120, 0.8, 1, 4.0), (3, 0.5, 2, 1.5)])
+def test_pc_mmr_is_greedy_mmr_in_fewer_steps(clusters, lam, first_chunk, growth, monkeypatch):
     q, k, v = clustered_tokens(n=400, clusters=clusters, seed=3)
     m = information_magnitude(q, k, v)
-    greedy = set(greedy_mmr(m, information_duplication(k, v), 44).tolist())
-    chunked = set(pc_mmr(m, k, v, 44).tolist())
-    assert len(greedy & chunked) / 44 >= 0.9
+    steps = 0
+    plain = mmr._pick_in_pool
+
+    def counting(*args):
+        nonlocal steps
+        steps += 1
+        return plain(*args)
+
+    monkeypatch.setattr(mmr, "_pick_in_pool", counting)
+    chunked = pc_mmr(m, k, v, 60, lam=lam, first_chunk=first_chunk, growth=growth)
+    assert chunked.tolist() == greedy_mmr(m, information_duplication(k, v), 60, lam=lam).tolist()
+    assert steps < 60 / 3                                        # chunks really take several tokens a step
 
 
-def test_chunk_schedule():
-    assert chunk_sizes(10, 1, 2.0) == [1, 2, 4, 3]
-    assert chunk_sizes(3, 8, 2.0) == [3]
-    assert chunk_sizes(5, 1, 1.0) == [1, 1, 1, 1, 1]
-    assert chunk_sizes(0) == []
-    assert sum(chunk_sizes(697, 1, 2.0)) == 697 and len(chunk_sizes(697, 1, 2.0)) == 10
+def test_pc_mmr_is_greedy_with_exact_ties_and_no_outside_tokens():
+    q, k, v = clustered_tokens(n=30, clusters=4, seed=1)
+    k, v = k.repeat(1, 2, 1), v.repeat(1, 2, 1)                   # every token twice: exact ties everywhere
+    m = information_magnitude(q, k, v)
+    S = information_duplication(k, v)
+    for budget in (7, 40, 60):                                   # 60: the pool ends up holding every token
+        assert pc_mmr(m, k, v, budget, growth=3.0).tolist() == greedy_mmr(m, S, budget).tolist()
 
 
 @pytest.mark.parametrize("fn", ["greedy", "pc"])

@@ -1,0 +1,132 @@
+"""The CUDA kernels of PC-MMR (iwp/_pool_kernel.py): same picks as the PyTorch path.
+
+On CPU they run in Triton's interpreter and are compiled for an H100 (sm_90) without running, which
+catches what the interpreter lets through; on a GPU machine they also run for real, graphs included.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from iwp import _pool_kernel, mmr  # noqa: E402
+from iwp.bench import structured_tokens  # noqa: E402
+from iwp.dual_form import DualFactors, information_duplication, information_magnitude  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (n, budget, first_chunk, growth, duplicated): small cases covering ties, no outside tokens, chunks of one
+CASES = [(64, 16, 1, 3.0, False), (120, 14, 1, 2.0, False), (30, 12, 2, 3.0, True), (20, 20, 1, 3.0, False),
+         (24, 6, 1, 1.0, False), (60, 20, 4, 1.5, True)]
+
+
+def inputs(n, duplicated, device="cpu", kv_heads=2, d=32, dtype=torch.bfloat16):
+    q, k, v = structured_tokens(n // 2 if duplicated else n, q_heads=2 * kv_heads, kv_heads=kv_heads, d=d,
+                                device=device, dtype=dtype)
+    if duplicated:                                               # every token twice: exact ties
+        k, v = k.repeat(1, 2, 1), v.repeat(1, 2, 1)
+    return q, k, v
+
+
+def same_picks(a, b, n, duplicated):
+    """Equal pick sequences; with duplicated tokens, a copy may stand for its twin (BLAS rounds the two
+    rows of an exact copy differently, so the PyTorch path's exact ties are not exact)."""
+    if duplicated:
+        a, b = a % (n // 2), b % (n // 2)
+    return torch.equal(a, b)
+
+
+def check_token_tables(k, v):
+    """The kernels' per-token tables hold what DualFactors holds."""
+    run = _pool_kernel._Run(1, [1], 0.5, k.contiguous(), v.contiguous(), rel=torch.zeros(k.shape[1]))
+    run.prepare()
+    factors = DualFactors(k, v)
+    torch.testing.assert_close(run.half, -factors.k_left[..., -2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(run.scale[..., None] * v.float(), factors.u, rtol=1e-5, atol=1e-6)
+
+
+def both_paths(q, k, v, budget, first_chunk, growth):
+    m = information_magnitude(q, k, v)
+    factors, rel = DualFactors(k, v), mmr._relevance(m, 0.5)
+    chunks = mmr.growing_chunks(budget, first_chunk, growth)
+    reference = mmr._pc_mmr_torch(rel, factors, budget, 0.5, chunks)
+    fused = [_pool_kernel.pc_mmr(rel, k, v, budget, 0.5, chunks) for _ in range(3)]   # eager, then graphs
+    return reference, fused
+
+
+INTERPRETED = textwrap.dedent("""
+    import torch
+    from iwp import _pool_kernel
+    from tests.test_pool_kernel import CASES, both_paths, check_token_tables, inputs, same_picks
+    _pool_kernel.USE_GRAPHS = False
+    for n, budget, first, growth, dup in CASES:
+        q, k, v = inputs(n, dup, dtype=torch.float32)   # the interpreter's bf16 tl.dot is wrong (Triton 3.6)
+        check_token_tables(k, v)
+        reference, fused = both_paths(q, k, v, budget, first, growth)
+        assert same_picks(fused[0], reference, n, dup), (n, budget, first, growth, fused[0].tolist(), reference.tolist())
+    _pool_kernel.TUNING = dict(_pool_kernel.TUNING, topk=0)      # the pool by a full sort instead of topk
+    n, budget, first, growth, dup = CASES[0]
+    reference, fused = both_paths(*inputs(n, dup, dtype=torch.float32), budget, first, growth)
+    assert torch.equal(fused[0], reference)
+    print("ok")
+""")
+
+
+def test_kernels_in_the_interpreter_pick_as_the_pytorch_path():
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
+    out = subprocess.run([sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_kernels_compile_for_hopper():
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    f, i, bf = "*fp32", "i32", "*bf16"
+    shapes = {"H": 4, "DK": 128, "DV": 128, "BM": 32, "BN": 32, "BK": _pool_kernel.TUNING["bk"]}
+    tables = dict(k_ptr=bf, v_ptr=bf, mean_ptr=f, half_ptr=f, scale_ptr=f)
+    kernels = [
+        (_pool_kernel._token_tables, dict(tables, N=i, inv_sqrt_d="fp32"),
+         {"H": 4, "DK": 128, "DV": 128, "BM": 32, "BDK": 128, "BDV": 128}),
+        (_pool_kernel._pool_block, dict(tables, order_ptr="*i64", state_ptr="*i32", out_ptr=f, N=i, inv_sqrt_d="fp32",
+                                        budget=i, chunk=i, pool_cap=i), shapes),
+        (_pool_kernel._pick, dict(pool_ptr=f, top_ptr="*i64", order_ptr="*i64", rel_ptr=f, red_ptr=f, taken_ptr="*i8",
+                                  picks_ptr="*i64", state_ptr="*i32", N=i, budget=i, chunk=i, pool_cap=i,
+                                  penalty="fp32"), {"BLOCK": _pool_kernel.MAX_POOL}),
+        (_pool_kernel._update, dict(tables, picks_ptr="*i64", state_ptr="*i32", rel_ptr=f, red_ptr=f, taken_ptr="*i8",
+                                    keys_ptr="*i64", N=i, inv_sqrt_d="fp32", penalty="fp32"), dict(shapes, BM=64, BN=64)),
+    ]
+    for fn, signature, constants in kernels:
+        signature.update({name: "constexpr" for name in constants})
+        try:
+            triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants),
+                           target=GPUTarget("cuda", 90, 32))
+        except FileNotFoundError as e:                           # no ptxas in this Triton install
+            pytest.skip(f"cannot compile for sm_90 here: {e}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("n", [576, 2880])
+def test_on_the_gpu_graph_replays_pick_exactly_as_greedy(n):
+    q, k, v = structured_tokens(n, device="cuda")
+    budget = round(0.111 * n)
+    reference, fused = both_paths(q, k, v, budget, 1, 3.0)
+    greedy = mmr.greedy_mmr(information_magnitude(q, k, v), information_duplication(k, v), budget)
+    assert all(torch.equal(f, fused[0]) for f in fused)          # eager, captured and replayed runs agree
+    assert set(fused[0].tolist()) == set(greedy.tolist())
+    assert (fused[0] == reference).float().mean() >= 0.95        # float order of near-ties may differ
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", CASES)
+def test_on_the_gpu_small_cases_pick_as_the_pytorch_path(case):
+    n, budget, first, growth, dup = case
+    reference, fused = both_paths(*inputs(n, dup, device="cuda"), budget, first, growth)
+    assert all(torch.equal(f, fused[0]) for f in fused)
+    assert same_picks(fused[0], reference, n, dup)
