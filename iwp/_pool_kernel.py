@@ -18,9 +18,9 @@ so S_ij = sum_h exp(min((k_i - mean).(k_j - mean) / sqrt d - half_i - half_j, 0)
 The key dot product runs on the tensor cores in tf32x3 (about float32's accuracy; it feeds an exp), the
 value dot product in the values' own 16-bit type, whose products float32 holds exactly.
 
-Run state: red [N] (redundancy, -inf while nothing is picked), keys [N] (MMR scores packed with the
-token index into unique int64s, -inf once taken), taken [N], picks [budget], state = [count, count
-before this step]. A step takes the pool (the top keys), picks inside it, then updates red and keys.
+Run state: red [N] (redundancy, -inf while nothing is picked), score [N] (MMR score, -inf once taken),
+taken [N], picks [budget], state = [count, count before this step]. A step sorts the scores, takes the
+pool (the top 2c), picks inside it, then updates red and the scores.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ MAX_RUNS = 4             # input shapes whose buffers and graphs are kept
 USE_GRAPHS = os.environ.get("IWP_CUDA_GRAPHS", "1") != "0"
 # Launch shapes (measured on an H100 with python -m iwp.bench selection --tune ...): the kernels are
 # latency-bound, so depth per program (head-dim slice bk) matters more than tile width.
-TUNING = {"bk": 64, "pool_tile": 32, "update_rows": 64, "update_cols": 64, "pick_warps": 2, "topk": 1}
+TUNING = {"bk": 64, "pool_tile": 32, "update_rows": 64, "update_cols": 64, "pick_warps": 2}
 
 
 if AVAILABLE:
@@ -123,21 +123,11 @@ if AVAILABLE:
         return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
     @triton.jit
-    def _key(score, token):
-        """A unique int64 per token, ordered as (score, then lower token first): sorting keys sorts tokens
-        as greedy MMR's argmax ranks them. + 0.0 turns -0.0 into 0.0, which compare equal as floats."""
-        bits = (score + 0.0).to(tl.int32, bitcast=True)
-        return (_orderable(bits).to(tl.int64) << 32) | (2147483647 - token.to(tl.int64))
-
-    @triton.jit
     def _pick_key(score, token):
-        """As _key, with the token in bits 12-30 (tokens < MAX_TOKENS), leaving bits 0-11 free."""
+        """An int64 ordered as (score, then lower token first), as greedy MMR's argmax ranks tokens; the
+        token sits in bits 12-30 (tokens < MAX_TOKENS), bits 0-11 are free. + 0.0 turns -0.0 into 0.0."""
         bits = (score + 0.0).to(tl.int32, bitcast=True)
         return (_orderable(bits).to(tl.int64) << 32) | ((524287 - token.to(tl.int64)) << 12)
-
-    @triton.jit
-    def _score_of(key):
-        return _orderable((key >> 32).to(tl.int32)).to(tl.float32, bitcast=True)
 
     @triton.jit
     def _step_sizes(state_ptr, n, budget, chunk, pool_cap):
@@ -170,22 +160,22 @@ if AVAILABLE:
               N, budget, chunk, pool_cap, penalty, BLOCK: tl.constexpr):
         """Greedy MMR inside the pool, one program: take the pool's best token while no token outside
         could beat it. Outside tokens only lose score as tokens are taken, so the best of them before
-        this step (tau, the key at rank P) bounds them all; the picks are exactly greedy MMR's.
-        top/order: the step's highest keys and their tokens, best first."""
+        this step (tau, the score at rank P) bounds them all; the picks are exactly greedy MMR's.
+        top/order: the step's scores and their tokens, best first (ties: lower token first)."""
         count, c, pool = _step_sizes(state_ptr, N, budget, chunk, pool_cap)
         slot = tl.arange(0, BLOCK)
         inside = slot < pool
         token = tl.load(order_ptr + slot, mask=inside, other=0)
         rel = tl.load(rel_ptr + token, mask=inside, other=0.0)
         red = tl.load(red_ptr + token, mask=inside, other=float("-inf"))
-        score = _score_of(tl.load(top_ptr + slot, mask=inside, other=0))
+        score = tl.load(top_ptr + slot, mask=inside, other=float("-inf"))
         alive = inside & (score > float("-inf"))
-        # Candidates compare by (score, lower token first) as the keys do, with the pool slot riding in
+        # Candidates compare by (score, lower token first), with the pool slot riding in
         # the low 12 bits so that one max-reduction also says where the winner sits.
         outside = pool < N
-        tau_key = tl.load(top_ptr + pool, mask=outside, other=0)
-        tau = tl.where(outside, _pick_key(_score_of(tau_key), 2147483647 - (tau_key & 0xFFFFFFFF)) >> 12,
-                       -9223372036854775807 >> 12)
+        tau_score = tl.load(top_ptr + pool, mask=outside, other=float("-inf"))
+        tau_token = tl.load(order_ptr + pool, mask=outside, other=0)
+        tau = tl.where(outside, _pick_key(tau_score, tau_token) >> 12, -9223372036854775807 >> 12)
         taken_now = 0
         go = c > 0
         while go:
@@ -206,9 +196,9 @@ if AVAILABLE:
 
     @triton.jit
     def _update(k_ptr, v_ptr, mean_ptr, half_ptr, scale_ptr, picks_ptr, state_ptr, rel_ptr, red_ptr, taken_ptr,
-                keys_ptr, N, inv_sqrt_d, penalty, H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+                score_ptr, N, inv_sqrt_d, penalty, H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        """red[i] = max(red[i], S[i, this step's picks]) and the new MMR score keys, for a block of rows."""
+        """red[i] = max(red[i], S[i, this step's picks]) and the new MMR scores, for a block of rows."""
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         row_ok = rows < N
         start = tl.load(state_ptr + 1)
@@ -227,7 +217,7 @@ if AVAILABLE:
         rel = tl.load(rel_ptr + rows, mask=row_ok, other=0.0)
         taken = tl.load(taken_ptr + rows, mask=row_ok, other=1)
         score = rel - penalty * tl.where(red == float("-inf"), 0.0, red)
-        tl.store(keys_ptr + rows, _key(tl.where(taken != 0, float("-inf"), score), rows), mask=row_ok)
+        tl.store(score_ptr + rows, tl.where(taken != 0, float("-inf"), score), mask=row_ok)
 
 
 @dataclass
@@ -249,7 +239,7 @@ class _Run:
         f32 = dict(device=dev, dtype=torch.float32)
         self.mean, self.half, self.scale = torch.empty(H, dk, **f32), torch.empty(H, n, **f32), torch.empty(H, n, **f32)
         self.red = torch.empty(n, **f32)
-        self.keys = torch.empty(n, dtype=torch.long, device=dev)       # MMR score keys (_key), -inf once taken
+        self.score = torch.empty(n, **f32)                  # MMR scores, -inf once taken
         self.taken = torch.empty(n, dtype=torch.int8, device=dev)
         self.picks = torch.empty(self.budget, dtype=torch.long, device=dev)
         self.state = torch.empty(2, dtype=torch.int32, device=dev)
@@ -277,30 +267,29 @@ class _Run:
         self.red.fill_(float("-inf"))
         self.taken.zero_()
         self.state.zero_()
-        self._update_keys()                                 # nothing picked: the scores are the relevances
+        self._update_scores()                                 # nothing picked: the scores are the relevances
 
-    def _update_keys(self) -> None:
+    def _update_scores(self) -> None:
         t = self.tuning
         _update[(triton.cdiv(self.n, t["update_rows"]),)](
             self.k, self.v, self.mean, self.half, self.scale, self.picks, self.state, self.rel, self.red, self.taken,
-            self.keys, self.n, self.inv_sqrt_d, self.penalty, **self._shapes(), BM=t["update_rows"],
+            self.score, self.n, self.inv_sqrt_d, self.penalty, **self._shapes(), BM=t["update_rows"],
             BN=t["update_cols"], BK=t["bk"])
 
     def step(self, chunk: int) -> None:
         """One PC-MMR step whose chunk is at most `chunk` tokens; a no-op once the budget is filled."""
         N, t = self.n, self.tuning
         pool = min(2 * chunk, N)
-        if t["topk"]:                                       # the pool and the best token outside it
-            top, order = torch.topk(self.keys, min(pool + 1, N), sorted=True)
-        else:
-            top, order = torch.sort(self.keys, descending=True)
+        # Stable: ties keep the lower token first, as greedy's argmax. (A full sort of 6k floats costs less
+        # than torch.topk of the pool here: H100, python -m iwp.bench selection.)
+        top, order = torch.sort(self.score, descending=True, stable=True)
         BP = t["pool_tile"]
         _pool_block[(triton.cdiv(pool, BP), triton.cdiv(pool, BP))](
             self.k, self.v, self.mean, self.half, self.scale, order, self.state, self.pool, N, self.inv_sqrt_d,
             self.budget, chunk, self.pool_cap, **self._shapes(), BM=BP, BN=BP, BK=t["bk"])
         _pick[(1,)](self.pool, top, order, self.rel, self.red, self.taken, self.picks, self.state,
                     N, self.budget, chunk, self.pool_cap, self.penalty, BLOCK=self.block, num_warps=t["pick_warps"])
-        self._update_keys()
+        self._update_scores()
 
     def segments(self) -> list[list[int]]:
         """Steps replayed between host checks: the growing chunks and a few more, then short batches."""
