@@ -5,9 +5,13 @@ Inputs are tensors of the shapes the real processors produce (pixel values and t
 visual-token counts follow the processors' rules (OneVision images: counted by the model's own encoder).
 Every configuration (unpruned, and each method x keep ratio through the same iwp.apply hook) runs once
 per round, in a shuffled order, all in one process; medians are taken after the warm-up rounds.
+OneVision video runs both arms with the channels-last pooling (iwp.models.llava_onevision.fast_pooling)
+once it is found bitwise equal to transformers' own on the prompt, on the device; --stock-pooling keeps
+transformers' own. The JSON's "pooling" says which ran.
 
     python -m iwp.bench models --model-shape llava-onevision-7b --input video32 --json out.json
     python -m iwp.bench models --report assets/benchmarks/models-*.json --plot speed.png
+    python -m iwp.bench models --small --repeats 1 --warmup 0    (CPU dry run: tiny widths, real token counts)
 """
 from __future__ import annotations
 
@@ -41,11 +45,12 @@ DEFAULT_INPUTS = {         # input kind -> geometry, per model family
 SHAPES = ("llava-onevision-7b", "qwen2.5-vl-7b")
 
 
-def real_config(shape: str):
-    """The published architecture of a real-size model as a config (the builders of iwp.realsize)."""
+def real_config(shape: str, small: bool = False):
+    """The published architecture of a real-size model as a config (the builders of iwp.realsize); small:
+    the same shapes at tiny widths."""
     from . import realsize
     builders = {"llava-onevision-7b": realsize.onevision_config, "qwen2.5-vl-7b": realsize.qwen_config}
-    return builders[shape](small=False)
+    return builders[shape](small=small)
 
 
 def family(model) -> str:
@@ -192,12 +197,17 @@ class Probe:
 
     Marks (first occurrence per call unless noted): vision (encoder starts), decoder (language model
     starts), before_k (layer K-1 done), at_k (layer K's attention starts: scoring, selection and slicing
-    are behind it), logits (every LM-head call).
+    are behind it), logits (every LM-head call). On a GPU it also splits the memory peak at the decoder
+    mark: `peaks["vision"]` is the peak from the start of the call to the decoder start (vision encoder,
+    projector, merge), and the allocator's peak is reset there so that what it reads at the end is the
+    decoder's own (prefill, KV cache, decoding).
     """
 
     def __init__(self, model, layer: int):
         self.cuda = model.device.type == "cuda"
+        self.device = model.device
         self.marks: dict[str, list] = {}
+        self.peaks: dict[str, int] = {}
         inner = model.model
         vision = next(getattr(inner, a) for a in ("vision_tower", "visual", "vision_model") if hasattr(inner, a))
         lm = inner.language_model
@@ -223,9 +233,23 @@ class Probe:
         if first and name in self.marks:
             return
         self.marks.setdefault(name, []).append(self._now())
+        if name == "decoder" and self.cuda:              # allocator bookkeeping on the host: no device sync
+            self.peaks["vision"] = torch.cuda.max_memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def reset(self) -> None:
-        self.marks = {}
+        self.marks, self.peaks = {}, {}
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peaks_gb(self) -> dict:
+        """Peak GB before the decoder, from the decoder start to now, and over the whole call (None on CPU)."""
+        if not self.cuda:
+            return {"vision_peak_gb": None, "decoder_peak_gb": None, "peak_mem_gb": None}
+        decoder = torch.cuda.max_memory_allocated(self.device)
+        vision = self.peaks.get("vision", decoder)
+        return {"vision_peak_gb": vision / 2**30, "decoder_peak_gb": decoder / 2**30,
+                "peak_mem_gb": max(vision, decoder) / 2**30}
 
     def ms(self, a, b) -> float:
         return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
@@ -273,11 +297,8 @@ def _kept_tokens(model, prompt: Prompt) -> tuple[int, float | None]:
 
 def run_once(model, prompt: Prompt, probe: Probe, new_tokens: int) -> dict:
     """One generate() of 1 + new_tokens tokens; stage times in ms, decode tokens/s, peak memory in GB."""
-    cuda = model.device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(model.device)
-    probe.reset()
     _sync(model)
+    probe.reset()
     start = probe._now()
     with torch.no_grad():
         out = model.generate(**prompt.kwargs, max_new_tokens=1 + new_tokens, min_new_tokens=1 + new_tokens,
@@ -297,7 +318,7 @@ def run_once(model, prompt: Prompt, probe: Probe, new_tokens: int) -> dict:
         res["layer_k_gap_ms"] = probe.ms(m.get("before_k", m["decoder"])[0], m["at_k"][0])
         res["layers_before_k_ms"] = probe.ms(m["decoder"][0], m.get("before_k", m["decoder"])[0])
     res["decode_tok_s"] = (len(logits) - 1) / (probe.ms(logits[0], logits[-1]) / 1e3) if len(logits) > 1 else None
-    res["peak_mem_gb"] = torch.cuda.max_memory_allocated(model.device) / 2**30 if cuda else None
+    res.update(probe.peaks_gb())
     return res
 
 
@@ -359,7 +380,8 @@ def summarize(model, prompt: Prompt, rows: list[dict], layer: int) -> list[dict]
     for row in rows:
         s = row["samples"]
         med = {k: _median(s, k) for k in ("vision_ms", "ttft_ms", "decoder_prefill_ms", "layer_k_gap_ms",
-                                          "layers_before_k_ms", "decode_tok_s", "peak_mem_gb", "total_ms")}
+                                          "layers_before_k_ms", "decode_tok_s", "peak_mem_gb", "vision_peak_gb",
+                                          "decoder_peak_gb", "total_ms")}
         sel = [x for x in row["selection_s"] if x is not None]
         med["selection_ms"] = statistics.median(sel) * 1e3 if sel else None
         n_kept = int(statistics.median(row["kept"])) if row["kept"] else None
@@ -381,6 +403,74 @@ def summarize(model, prompt: Prompt, rows: list[dict], layer: int) -> list[dict]
     return out
 
 
+# --------------------------------------------------------------------------------------------- pooling
+
+def _pooling_input(model, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+    """The projected frame features that get_video_features hands to apply_pooling, for this video."""
+    seen = []
+    hook = model.model.multi_modal_projector.register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            model.model.get_video_features(pixel_values_videos)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def _time_ms(model, fn, repeats: int) -> float:
+    """Median time of fn() in ms after one warm-up call: CUDA events on a GPU, the host clock on CPU."""
+    times = []
+    with torch.no_grad():
+        fn()
+        for _ in range(repeats):
+            _sync(model)
+            if model.device.type == "cuda":
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn()
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b))
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def set_pooling(model, prompt: Prompt, stock: bool = False, repeats: int = 5) -> dict | None:
+    """OneVision video: channels-last pooling for both arms when it is bitwise equal to transformers' own
+    on this prompt's features (checked here, on this device), else the stock pooling. Returns what was
+    used, the check and both times; None when the input has no video to pool."""
+    if family(model) != "llava_onevision":
+        return None
+    from .models import llava_onevision as ov
+    ov.stock_pooling(model)
+    if prompt.kwargs.get("pixel_values_videos") is None:
+        return None
+    feats = _pooling_input(model, prompt.kwargs["pixel_values_videos"])
+    run_stock = lambda: type(model.model).apply_pooling(model.model, feats)        # noqa: E731
+    run_fast = lambda: ov.apply_pooling_channels_last(model.model, feats)           # noqa: E731
+    with torch.no_grad():
+        equal = bool(torch.equal(run_stock(), run_fast()))
+    fast = equal and not stock
+    if fast:
+        ov.fast_pooling(model)
+    return {"fast": fast, "bitwise_equal": equal, "stock_ms": _time_ms(model, run_stock, repeats),
+            "fast_ms": _time_ms(model, run_fast, repeats)}
+
+
+def pooling_note(pooling: dict | None) -> str:
+    """The table header's words on which OneVision video pooling both arms ran ("" when there was none)."""
+    if not pooling:
+        return ""
+    times = f"stock {pooling['stock_ms']:.2f} ms, channels-last {pooling['fast_ms']:.2f} ms"
+    if pooling["fast"]:
+        return f"; video pooling: channels-last, bitwise equal to stock on this input ({times})"
+    why = "--stock-pooling" if pooling["bitwise_equal"] else "channels-last is not bitwise equal on this input"
+    return f"; video pooling: stock ({why}; {times})"
+
+
 # --------------------------------------------------------------------------------------------- report
 
 def targets(result: dict) -> dict | None:
@@ -400,8 +490,9 @@ def targets(result: dict) -> dict | None:
         "selection_share_of_ttft": [None if share is None else round(share, 4),
                                     None if share is None else share <= TARGETS["selection_share"]],
     }
-    if m.get("peak_mem_gb") is not None:
-        checks["peak_mem_gb"] = [round(m["peak_mem_gb"], 3), m["peak_mem_gb"] < base["median"]["peak_mem_gb"]]
+    for key in ("peak_mem_gb", "decoder_peak_gb"):   # the whole call's peak, and the decoder's own
+        if m.get(key) is not None and base["median"].get(key) is not None:
+            checks[key] = [round(m[key], 3), m[key] < base["median"][key]]
     return checks
 
 
@@ -417,14 +508,16 @@ def markdown(results: list[dict]) -> str:
         n = str(done[0]) if len(done) == 1 else f"{done[0]}-{done[-1]}"
         parts.append(f"**{res['model_shape']}, {res['input']}** ({res['n_visual']} visual of {res['n_total']} "
                      f"tokens, K = {res['layer']}; {res['device']}, torch {res['torch']}, transformers "
-                     f"{res['transformers']}; medians of {n} interleaved rounds after {res['warmup']} warm-up)\n")
+                     f"{res['transformers']}; medians of {n} interleaved rounds after {res['warmup']} warm-up"
+                     f"{pooling_note(res.get('pooling'))})\n")
         parts.append("| method | kept | tokens | vision ms | TTFT ms | decoder ms | cut at K ms | selection ms (hook) "
-                     "| decode tok/s | peak GB | decoder x (ideal) | TTFT x (ideal) |")
-        parts.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+                     "| decode tok/s | peak GB | vision peak GB | decoder peak GB | decoder x (ideal) "
+                     "| TTFT x (ideal) |")
+        parts.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in res["runs"]:
             m = r["median"]
             if r["error"] or not r["repeats"]:
-                parts.append(f"| {r['method']} | {r['keep_ratio']:.1%} | {r['error'] or 'not run'} |" + " |" * 9)
+                parts.append(f"| {r['method']} | {r['keep_ratio']:.1%} | {r['error'] or 'not run'} |" + " |" * 11)
                 continue
             sp, ide = r.get("speedup", {}), r.get("ideal", {})
             parts.append(
@@ -432,6 +525,7 @@ def markdown(results: list[dict]) -> str:
                 f"{_f(m['ttft_ms'])} | {_f(m['decoder_prefill_ms'])} | {_f(m['layer_k_gap_ms'], '{:.2f}')} | "
                 f"{_f(m['selection_ms'], '{:.2f}')} | "
                 f"{_f(m['decode_tok_s'])} | {_f(m['peak_mem_gb'], '{:.2f}')} | "
+                f"{_f(m.get('vision_peak_gb'), '{:.2f}')} | {_f(m.get('decoder_peak_gb'), '{:.2f}')} | "
                 f"{_f(sp.get('decoder'), '{:.2f}')} ({_f(ide.get('decoder'), '{:.2f}')}) | "
                 f"{_f(sp.get('ttft'), '{:.2f}')} ({_f(ide.get('ttft'), '{:.2f}')}) |")
         t = res.get("targets")
@@ -444,7 +538,9 @@ def markdown(results: list[dict]) -> str:
                          f"of TTFT (<= 2%: "
                          f"{ok(t['selection_share_of_ttft'])})"
                          + (f", peak memory {t['peak_mem_gb'][0]} GB (below unpruned: {ok(t['peak_mem_gb'])})"
-                            if "peak_mem_gb" in t else "") + ".")
+                            if "peak_mem_gb" in t else "")
+                         + (f", decoder-phase peak {t['decoder_peak_gb'][0]} GB (below unpruned: "
+                            f"{ok(t['decoder_peak_gb'])})" if "decoder_peak_gb" in t else "") + ".")
         parts.append("")
     return "\n".join(parts)
 
@@ -532,6 +628,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=None, help="seconds per input before rounds stop")
     p.add_argument("--json", default=None, help="output path; {input} and {gpu} are filled in")
     p.add_argument("--profile", action="store_true", help="also profile one IWP prefill at the smallest ratio")
+    p.add_argument("--stock-pooling", action="store_true",
+                   help="OneVision video: keep transformers' pooling (default: channels-last, if bitwise equal)")
+    p.add_argument("--small", action="store_true", help="tiny widths of the same shapes (a CPU dry run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--report", nargs="*", default=None, help="JSON files: print their tables, make no runs")
     p.add_argument("--plot", default=None, help="with --report: write the speed-up plot (needs matplotlib)")
@@ -541,47 +640,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_shape(args: argparse.Namespace, model=None) -> list[dict]:
     """Benchmark every requested input of one model shape; write each result as JSON as it grows."""
     if model is None:
-        model = build_model(real_config(args.model_shape), args.device)
+        model = build_model(real_config(args.model_shape, args.small), args.device)
     results = []
-    for kind in args.input.split(","):
-        try:
-            prompt = build_prompt(model, kind)
-        except Exception as e:                           # one input failing leaves the others to run
-            print(f"{args.model_shape} {kind}: input not built: {type(e).__name__}: {e}", flush=True)
-            continue
-        res = {"benchmark": "models", "model_shape": args.model_shape, "input": kind, **_env(model),
-               "layer": args.layer, "repeats": args.repeats, "warmup": args.warmup, "new_tokens": args.new_tokens,
-               "inputs": "tensors of the processors' output shapes, random pixel values, random text ids",
-               "n_total": prompt.n_total, "n_visual": prompt.n_visual, "geometry": prompt.geometry,
-               "weights_gb": torch.cuda.memory_allocated(model.device) / 2**30 if model.device.type == "cuda" else None,
-               "command": "python -m iwp.bench models " + " ".join(args.argv)}
-        path = args.json.replace("{input}", kind).replace("{gpu}", gpu_tag(model)) if args.json else None
-
-        def save(runs, res=res, path=path):
-            res["runs"] = runs
-            res["targets"] = targets(res)
-            if path:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                Path(path).write_text(json.dumps(res, indent=1))
-
-        print(f"{args.model_shape} {kind}: {prompt.n_visual} visual of {prompt.n_total} tokens", flush=True)
-        runs = bench(model, prompt, _floats(args.ratios), [m for m in args.methods.split(",") if m], args.layer,
-                     args.repeats, args.warmup, args.new_tokens, args.time_budget,
-                     log=lambda s: print(s, flush=True), on_round=save)
-        if args.profile and runs:
-            methods = [m for m in args.methods.split(",") if m]
-            ratio = min(_floats(args.ratios))
-            if methods and ratio < 1.0:
-                try:
-                    res["profile"] = profile_once(model, prompt, "iwp" if "iwp" in methods else methods[0], ratio,
-                                                  args.layer)
-                except Exception as e:                   # the profile is a diagnosis, not a result
-                    res["profile"] = f"profile failed: {type(e).__name__}: {e}"
-                print(res["profile"], flush=True)
-        save(runs)
-        print(markdown([res]), flush=True)
-        results.append(res)
+    try:
+        for kind in args.input.split(","):
+            res = run_input(args, model, kind)
+            if res is not None:
+                results.append(res)
+    finally:
+        if family(model) == "llava_onevision":           # the instance leaves as it came
+            from .models.llava_onevision import stock_pooling
+            stock_pooling(model)
     return results
+
+
+def run_input(args: argparse.Namespace, model, kind: str) -> dict | None:
+    """Benchmark one input kind: pooling check, interleaved rounds, optional profile; the result dict."""
+    try:
+        prompt = build_prompt(model, kind)
+    except Exception as e:                               # one input failing leaves the others to run
+        print(f"{args.model_shape} {kind}: input not built: {type(e).__name__}: {e}", flush=True)
+        return None
+    pooling = set_pooling(model, prompt, stock=args.stock_pooling)
+    res = {"benchmark": "models", "model_shape": args.model_shape, "input": kind, **_env(model),
+           "layer": args.layer, "repeats": args.repeats, "warmup": args.warmup, "new_tokens": args.new_tokens,
+           "inputs": "tensors of the processors' output shapes, random pixel values, random text ids",
+           "n_total": prompt.n_total, "n_visual": prompt.n_visual, "geometry": prompt.geometry,
+           "pooling": pooling,
+           "weights_gb": torch.cuda.memory_allocated(model.device) / 2**30 if model.device.type == "cuda" else None,
+           "command": "python -m iwp.bench models " + " ".join(args.argv)}
+    path = args.json.replace("{input}", kind).replace("{gpu}", gpu_tag(model)) if args.json else None
+
+    def save(runs):
+        res["runs"] = runs
+        res["targets"] = targets(res)
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(res, indent=1))
+
+    print(f"{args.model_shape} {kind}: {prompt.n_visual} visual of {prompt.n_total} tokens"
+          f"{pooling_note(pooling)}", flush=True)
+    methods = [m for m in args.methods.split(",") if m]
+    runs = bench(model, prompt, _floats(args.ratios), methods, args.layer, args.repeats, args.warmup,
+                 args.new_tokens, args.time_budget, log=lambda s: print(s, flush=True), on_round=save)
+    ratio = min(_floats(args.ratios))
+    if args.profile and runs and methods and ratio < 1.0:
+        try:
+            res["profile"] = profile_once(model, prompt, "iwp" if "iwp" in methods else methods[0], ratio, args.layer)
+        except Exception as e:                           # the profile is a diagnosis, not a result
+            res["profile"] = f"profile failed: {type(e).__name__}: {e}"
+        print(res["profile"], flush=True)
+    save(runs)
+    print(markdown([res]), flush=True)
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,13 +3,17 @@
 How it works (no copy of any forward):
 - get_image_features / get_video_features of the base model are wrapped on the instance to record what
   each image / video is (token count, size, grid); a pre-hook on the base model records the call's
-  input_ids and 2-D attention mask.
+  input_ids and 2-D attention mask, and starts their copy to the host, so the selection can plan on the
+  host without waiting for the device.
 - A pre-hook on decoder layer K, during prefill, scores the visual tokens with layer K's own q/k/v
   projections, runs the selector per image / video, and slices hidden states, (cos, sin), position ids
   and the mask to text + kept tokens (sorted, left-padded per prompt). Kept tokens keep their original
-  RoPE positions, so decoding continues from the original next position.
+  RoPE positions, so decoding continues from the original next position. Only what the selector reads
+  is computed (RoPE'd keys, the last query, features); the record computes the rest when asked.
 - Pre-hooks on layers > K hand them the sliced positions and mask during prefill, and during decoding
   cut the mask's key columns to the kept prompt tokens plus the new ones.
+- A new call's encoding releases the previous call's record and cut, so they never sit in memory
+  through the next vision encoder.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import inspect
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -48,13 +52,18 @@ class Settings:
 class _Cut:
     """The prefill's cut: per prompt, which original positions survive (left-padded with dummies)."""
     idx: Tensor                   # [B, L'] original positions, dummies point at 0
-    valid: Tensor                 # [B, L'] False on dummies
+    valid: Tensor | None          # [B, L'] False on dummies; None when there are none (known on the host)
     length: int                   # L, the prompt length before the cut
     step: int                     # the call (prefill) that made it
     short_cache_masks: bool = False   # cut before layer 0: the model sizes decoding masks by the cut cache
+    padded: bool = False          # the prompt's padding mask has zeros (known on the host)
     position_embeddings: tuple | None = None
     position_ids: Tensor | None = None
     memo: dict = field(default_factory=dict)   # id(mask) -> (mask, sliced) within one call
+
+    @property
+    def dummies(self) -> bool:
+        return self.valid is not None
 
     def on(self, device) -> "_Cut":
         """This cut with its index tensors on `device` (layers may sit on several GPUs)."""
@@ -62,8 +71,8 @@ class _Cut:
             return self
         key = ("on", str(device))
         if key not in self.memo:
-            self.memo[key] = _Cut(self.idx.to(device), self.valid.to(device), self.length, self.step,
-                                  self.short_cache_masks)
+            self.memo[key] = _Cut(self.idx.to(device), None if self.valid is None else self.valid.to(device),
+                                  self.length, self.step, self.short_cache_masks, self.padded)
         return self.memo[key]
 
 
@@ -71,8 +80,34 @@ class _Cut:
 class _Record:
     """Raw tensors of one prefill's selection; last_selection turns them into Selection objects."""
     settings: Settings
-    groups: list                  # per prompt: list of (Group, picks, q, k, k_rope, v)
+    groups: list                  # per prompt: list of (Group, picks, _Input)
     seconds: list                 # per prompt
+
+
+class _HostCopy:
+    """The call's input_ids and 2-D padding mask on the host. On a GPU the copy starts when the call does
+    and is long done by layer K, so the selection plans on the host without a device round trip."""
+
+    def __init__(self, ids: Tensor, mask):
+        mask = mask if isinstance(mask, Tensor) and mask.ndim == 2 and mask.shape == ids.shape else None
+        self.events = []
+        self.ids, self.mask = self._start(ids), None if mask is None else self._start(mask)
+
+    def _start(self, t: Tensor) -> Tensor:
+        if not t.is_cuda:
+            return t
+        host = t.to("cpu", non_blocking=True)            # into pinned memory, without waiting
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(t.device))
+        self.events.append(event)
+        return host
+
+    def get(self) -> tuple[Tensor, Tensor | None]:
+        """(input_ids, bool padding mask; None when nothing is padded), waiting for the copies (done by now)."""
+        for e in self.events:
+            e.synchronize()
+        mask = None if self.mask is None else self.mask.bool()
+        return self.ids, None if mask is None or bool(mask.all()) else mask
 
 
 class _State:
@@ -87,6 +122,11 @@ class _State:
         self.step = 0
         self.cut: _Cut | None = None
         self.record: _Record | None = None
+
+    def release(self) -> None:
+        """Drop the previous call's record and cut (a new call is encoding: they are stale)."""
+        self.cut = None
+        self.record = None
 
 
 def apply(model: nn.Module, keep_ratio: float = 0.25, method: str = "iwp", layer: int = DEFAULT_LAYER,
@@ -161,7 +201,8 @@ def pruning(model: nn.Module, **settings) -> Iterator[nn.Module]:
 
 def last_selection(model: nn.Module, image_sizes: list[tuple[int, int]] | None = None,
                    processor=None) -> list[Selection] | None:
-    """What the last prefill kept: one Selection per prompt of the batch, or None before any prefill.
+    """What the last prefill kept: one Selection per prompt of the batch, or None before any prefill (and
+    once the next call starts encoding its images).
 
     image_sizes: optional (width, height) of each original image / video frame, in prompt order (all
     groups of prompt 0, then prompt 1, ...), so boxes come in original pixels; families that receive the
@@ -175,12 +216,13 @@ def last_selection(model: nn.Module, image_sizes: list[tuple[int, int]] | None =
     rec, out, sizes = state.record, [], list(image_sizes or [])
     for b, groups in enumerate(rec.groups):
         tgs = []
-        for g, picks, q, k, k_rope, v in groups:
-            mag = information_magnitude(q, k, v)           # for the picture, whatever the method
+        for g, picks, inp in groups:
+            with torch.no_grad():
+                mag = information_magnitude(inp.q, inp.k, inp.v)      # for the picture, whatever the method
+                cover, sim = covering(inp.k_rope, inp.v, picks)
             size = sizes.pop(0) if sizes else None
             size = tuple(size) if size is not None else g.info.get("image_size")
             boxes, frames, image_size = state.family.boxes(model, g.info, size, processor)
-            cover, sim = covering(k_rope, v, picks)
             tgs.append(TokenGroup(
                 kind=g.kind, index=g.index, positions=g.positions.tolist(), kept=picks.tolist(),
                 magnitude=[round(x, 8) for x in mag.tolist()], cover=cover, cover_similarity=sim,
@@ -201,6 +243,7 @@ def _recording(fn, state: _State, model: nn.Module, kind: str):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        state.release()                              # before the encoder allocates: the peak stays unpruned
         output = fn(*args, **kwargs)
         try:
             call = sig.bind_partial(*args, **kwargs).arguments
@@ -213,7 +256,8 @@ def _recording(fn, state: _State, model: nn.Module, kind: str):
 
 
 def _on_call(state: _State, module, args, kwargs):
-    """Base-model pre-hook: remember input_ids and the padding mask; check the cache kind."""
+    """Base-model pre-hook: remember input_ids and the padding mask (on a prefill, start their host copy);
+    check the cache kind."""
     cache = kwargs.get("past_key_values")
     if cache is not None:
         _check_cache(cache)
@@ -229,7 +273,10 @@ def _on_call(state: _State, module, args, kwargs):
         state.items = {}
     state.fresh = False
     state.step += 1
-    state.call = {"input_ids": input_ids, "attention_mask": kwargs.get("attention_mask")}
+    mask = kwargs.get("attention_mask")
+    prefill = cache is None or cache.get_seq_length() == 0
+    state.call = {"input_ids": input_ids, "attention_mask": mask,
+                  "host": _HostCopy(input_ids, mask) if prefill and isinstance(input_ids, Tensor) else None}
 
 
 def _check_cache(cache) -> None:
@@ -249,13 +296,13 @@ def _on_layer(state: _State, i: int, module, args, kwargs):
     hidden = args[0] if args else kwargs["hidden_states"]
     cache = kwargs.get("past_key_values")
     if i == K and (cache is None or cache.get_seq_length(i) == 0):
-        state.cut = None
-        state.record = None
+        state.release()
         with torch.no_grad():
             keep = _select(state, module, hidden, kwargs)
-        if keep is None or state.settings.keep_ratio >= 1.0:
-            return None                                # keep_ratio 1.0 scores but never slices
-        state.cut = _make_cut(keep, state.call["input_ids"].shape[1], state.step, short_cache_masks=K == 0)
+        if keep is None:
+            return None                                # nothing to cut (keep_ratio 1.0 scores but never slices)
+        state.cut = _make_cut(keep, state.call["input_ids"].shape[1], state.step, short_cache_masks=K == 0,
+                              padded=state.call["host"].get()[1] is not None)
     cut = state.cut
     if cut is None:
         return None
@@ -294,10 +341,68 @@ def _memo(cut: _Cut, step: int, mask, fn):
 
 # ------------------------------------------------------------------------------------------ selection
 
+class _Rows:
+    """Sequence positions known on the host (ascending); taken from device tensors as a view when they
+    are contiguous, else through one index tensor sent to the device once."""
+
+    def __init__(self, host: Tensor, device):
+        self.host, self.device, self._index = host, device, None
+        n = host.numel()
+        self.start = int(host[0]) if n else 0
+        self.contiguous = n > 0 and int(host[-1]) - self.start + 1 == n
+        self.stop = self.start + n
+
+    def index(self) -> Tensor:
+        if self._index is None:
+            self._index = self.host.to(self.device, non_blocking=True)
+        return self._index
+
+    def take(self, x: Tensor, dim: int = 0) -> Tensor:
+        if self.contiguous:
+            return x.narrow(dim, self.start, self.stop - self.start)
+        return x.index_select(dim, self.index())
+
+
+class _Input(SelectorInput):
+    """A SelectorInput whose optional fields (k_rope, q_last_rope, features) are made when first read, so
+    each selector pays only for what it uses."""
+
+    def __init__(self, q: Tensor, k: Tensor, v: Tensor, grid, seed: int, makers: dict[str, Callable]):
+        self.q, self.k, self.v, self.grid, self.seed = q, k, v, grid, seed
+        self._makers, self._made = makers, {}
+
+    def _get(self, name: str):
+        if name not in self._made:
+            make = self._makers.get(name)
+            self._made[name] = make() if make is not None else None
+        return self._made[name]
+
+    def keep_only(self, *names: str) -> None:
+        """Forget the other fields and their makers (they may hold the layer's hidden states)."""
+        self._makers = {n: f for n, f in self._makers.items() if n in names}
+        self._made = {n: x for n, x in self._made.items() if n in names}
+
+    k_rope = property(lambda self: self._get("k_rope"))
+    q_last_rope = property(lambda self: self._get("q_last_rope"))
+    features = property(lambda self: self._get("features"))
+
+
+class _Once:
+    """A value computed on first use (shared by the groups of one prompt)."""
+
+    def __init__(self, make: Callable):
+        self._make, self._value = make, None
+
+    def __call__(self):
+        if self._make is not None:
+            self._value, self._make = self._make(), None
+        return self._value
+
+
 def _select(state: _State, layer: nn.Module, hidden: Tensor, kwargs: dict) -> list[Tensor] | None:
     """Run the selector on every image / video; returns per prompt the sorted positions to keep."""
-    ids = state.call.get("input_ids")
-    if ids is None or ids.shape[1] != hidden.shape[1] or ids.shape[0] != hidden.shape[0]:
+    ids, host = state.call.get("input_ids"), state.call.get("host")
+    if ids is None or host is None or tuple(ids.shape) != tuple(hidden.shape[:2]):
         return None                                    # no token ids to find the images (inputs_embeds only)
     attn = layer.self_attn
     # Work where layer K's weights are: with device_map="auto" this hook runs before accelerate moves
@@ -307,64 +412,99 @@ def _select(state: _State, layer: nn.Module, hidden: Tensor, kwargs: dict) -> li
         raise RuntimeError(f"iwp scores visual tokens with decoder layer {state.settings.layer}'s own weights, "
                            "but they are offloaded (on the meta device); keep that layer on a GPU or choose "
                            "another layer with iwp.apply(..., layer=K)")
-    hidden, ids = hidden.to(dev), ids.to(dev)
+    if hidden.is_cuda:
+        torch.cuda.synchronize(hidden.device)            # the clock starts when the layers before K are done
+    t0 = time.perf_counter()
+    ids, am = host.get()
     groups = state.family.groups(ids, state.items)
     if not any(groups):
         return None
-    s = state.settings
-    rope = _rope_fn(attn)
+    hidden = hidden.to(dev)
     cos, sin = (x.to(dev) for x in kwargs["position_embeddings"])
     B, L = ids.shape
-    am = state.call.get("attention_mask")
-    am = am.to(dev) if isinstance(am, Tensor) else am
-    am = am.bool() if isinstance(am, Tensor) and am.ndim == 2 and am.shape == ids.shape else None
+    ramp = _Once(lambda: torch.arange(L, device=dev))
+    shared = (time.perf_counter() - t0) / B
     keeps, rec_groups, seconds = [], [], []
-    if hidden.is_cuda:
-        torch.cuda.synchronize(hidden.device)            # the clock starts when the layers before K are done
     for b in range(B):
-        t0 = time.perf_counter()
-        gs = groups[b]
-        is_vis = torch.zeros(L, dtype=torch.bool, device=ids.device)
-        if not gs:
-            keeps.append(torch.arange(L, device=ids.device))
+        t1 = time.perf_counter()
+        if not groups[b]:
+            keeps.append(ramp())
             rec_groups.append([])
             seconds.append(0.0)
             continue
-        vis = torch.cat([g.positions for g in gs])
-        is_vis[vis] = True
-        after = torch.arange(L, device=ids.device) > vis.max()
-        if am is not None:
-            after &= am[b]
-        qpos = after.nonzero().squeeze(1)
-        if qpos.numel() == 0:
-            qpos = torch.tensor([L - 1], device=ids.device)
-        last = torch.tensor([L - 1], device=ids.device)
-        x = layer.input_layernorm(hidden[b])
-        q = _heads(attn, "q", x[qpos])                       # [Hq, T, d] pre-RoPE
-        q_last = _heads(attn, "q", x[last])
-        k, v = _heads(attn, "k", x[vis]), _heads(attn, "v", x[vis])
-        cb, sb = _row(cos, b), _row(sin, b)
-        k_rope = rope(k[None], k[None], cb[vis][None], sb[vis][None])[0][0]
-        q_last_rope = rope(q_last[None], q_last[None], cb[last][None], sb[last][None])[0][0]
-        kept_pos, recs, start = [], [], 0
-        for g in gs:
-            n = g.positions.numel()
-            sl = slice(start, start + n)
-            start += n
-            inp = SelectorInput(q=q, k=k[:, sl], v=v[:, sl], k_rope=k_rope[:, sl], q_last_rope=q_last_rope,
-                                features=hidden[b, g.positions], grid=state.family.grid(g.info), seed=s.seed)
-            budget = max(1, round(s.keep_ratio * n)) if s.keep_ratio < 1.0 else n
-            picks = select(s.method, inp, budget, **s.params)
-            kept_pos.append(g.positions[picks])
-            recs.append((g, picks.detach(), q.detach(), k[:, sl].detach(), k_rope[:, sl].detach(), v[:, sl].detach()))
-        keep = torch.cat([(~is_vis).nonzero().squeeze(1), *kept_pos]).sort().values
-        if keep.is_cuda:
-            torch.cuda.synchronize(keep.device)              # honest timing of scoring + selection
-        seconds.append(time.perf_counter() - t0)
+        keep, recs = _select_prompt(state, layer, hidden[b], _row(cos, b), _row(sin, b), groups[b],
+                                    None if am is None else am[b], ramp)
+        if keep is not None and keep.is_cuda:
+            torch.cuda.synchronize(keep.device)          # honest timing of scoring + selection
+        elif recs and recs[0][1].is_cuda:
+            torch.cuda.synchronize(recs[0][1].device)
+        seconds.append(time.perf_counter() - t1 + shared)
         keeps.append(keep)
         rec_groups.append(recs)
-    state.record = _Record(settings=s, groups=rec_groups, seconds=seconds)
-    return keeps
+    state.record = _Record(settings=state.settings, groups=rec_groups, seconds=seconds)
+    return None if state.settings.keep_ratio >= 1.0 else keeps
+
+
+def _select_prompt(state: _State, layer: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, gs: list,
+                   am: Tensor | None, ramp: _Once) -> tuple[Tensor | None, list]:
+    """One prompt [L, D]: score its visual tokens, run the selector per group; (kept positions or None
+    at keep_ratio 1.0, record entries)."""
+    attn, s, dev = layer.self_attn, state.settings, hidden.device
+    L = hidden.shape[0]
+    vis, qrows = _prompt_rows(gs, am, L, dev)
+    x = layer.input_layernorm(hidden)
+    q = _heads(attn, "q", qrows.take(x))                       # [Hq, T, d] pre-RoPE
+    xv = vis.take(x)
+    k, v = _heads(attn, "k", xv), _heads(attn, "v", xv)
+    rope = _rope_fn(attn)
+    k_rope = _Once(lambda: _rotated(rope, k, vis.take(cos), vis.take(sin)))
+    q_last_rope = _Once(lambda: _rotated(rope, _heads(attn, "q", x[L - 1:]), cos[L - 1:], sin[L - 1:]))
+    picks, recs, start = [], [], 0
+    for g in gs:
+        n = g.positions.numel()
+        sl = slice(start, start + n)
+        start += n
+        rows = _Rows(g.positions, dev)
+        inp = _Input(q, k[:, sl], v[:, sl], state.family.grid(g.info), s.seed,
+                     {"k_rope": lambda sl=sl: k_rope()[:, sl], "q_last_rope": q_last_rope,
+                      "features": lambda rows=rows: rows.take(hidden)})
+        budget = max(1, round(s.keep_ratio * n)) if s.keep_ratio < 1.0 else n
+        p = select(s.method, inp, budget, **s.params).detach()
+        inp.keep_only("k_rope")                                # the record needs k_rope, never the hidden states
+        picks.append((rows, p))
+        recs.append((g, p, inp))
+    if s.keep_ratio >= 1.0:
+        return None, recs
+    return _kept_positions(picks, vis, L, ramp), recs
+
+
+def _prompt_rows(gs: list, am: Tensor | None, L: int, device) -> tuple[_Rows, _Rows]:
+    """(visual tokens, query rows) of one prompt, planned on the host. The query rows are the text after
+    the last visual token (the question), or the last token when there is none."""
+    vis = torch.cat([g.positions for g in gs])
+    after = torch.arange(L) > int(vis.max())
+    if am is not None:
+        after &= am
+    rows = after.nonzero().squeeze(1)
+    return _Rows(vis, device), _Rows(rows if rows.numel() else torch.tensor([L - 1]), device)
+
+
+def _kept_positions(picks: list[tuple[_Rows, Tensor]], vis: _Rows, L: int, ramp: _Once) -> Tensor:
+    """Sorted prompt positions to keep: every non-visual one and each group's picks."""
+    if all(rows.contiguous for rows, _ in picks):              # groups are runs in prompt order: no global sort
+        parts, prev = [], 0
+        for rows, p in picks:
+            if rows.start > prev:
+                parts.append(ramp()[prev:rows.start])
+            parts.append(p.sort().values + rows.start)
+            prev = rows.stop
+        if prev < L:
+            parts.append(ramp()[prev:])
+        return torch.cat(parts)
+    is_vis = torch.zeros(L, dtype=torch.bool)
+    is_vis[vis.host] = True
+    text = _Rows((~is_vis).nonzero().squeeze(1), vis.device)
+    return torch.cat([text.index(), *(rows.index()[p] for rows, p in picks)]).sort().values
 
 
 def _heads(attn: nn.Module, which: str, x: Tensor) -> Tensor:
@@ -385,6 +525,12 @@ def _rope_fn(attn: nn.Module):
     return fn
 
 
+def _rotated(rope, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [H, n, d] after RoPE at rows cos, sin [n, d], by the model's own function."""
+    # its second operand is an empty batch: the function runs for x alone (no work, no kernel for it)
+    return rope(x[None], x[None][:0], cos[None], sin[None])[0][0]
+
+
 def _row(x: Tensor, b: int) -> Tensor:
     """Row b of a [B or 1, L, ...] tensor."""
     return x[b] if x.shape[0] > 1 else x[0]
@@ -392,21 +538,24 @@ def _row(x: Tensor, b: int) -> Tensor:
 
 # ------------------------------------------------------------------------------------------- slicing
 
-def _make_cut(keep: list[Tensor], length: int, step: int, short_cache_masks: bool = False) -> _Cut:
+def _make_cut(keep: list[Tensor], length: int, step: int, short_cache_masks: bool = False,
+              padded: bool = False) -> _Cut:
     """Per prompt kept positions -> one [B, L'] index, re-left-padded with masked dummies."""
-    width = max(k.numel() for k in keep)
-    device = keep[0].device
-    idx = torch.zeros(len(keep), width, dtype=torch.long, device=device)
-    valid = torch.zeros(len(keep), width, dtype=torch.bool, device=device)
-    for b, k in enumerate(keep):
-        idx[b, width - k.numel():] = k
-        valid[b, width - k.numel():] = True
-    return _Cut(idx=idx, valid=valid, length=length, step=step, short_cache_masks=short_cache_masks)
+    widths = [k.numel() for k in keep]
+    width = max(widths)
+    if len(set(widths)) == 1:                          # every prompt keeps as many: no dummies
+        idx, valid = keep[0][None] if len(keep) == 1 else torch.stack(keep), None
+    else:
+        idx = torch.stack([nn.functional.pad(k, (width - k.numel(), 0)) for k in keep])
+        valid = torch.tensor([[False] * (width - w) + [True] * w for w in widths]).to(keep[0].device)
+    return _Cut(idx=idx, valid=valid, length=length, step=step, short_cache_masks=short_cache_masks, padded=padded)
 
 
 def _take(x: Tensor, idx: Tensor) -> Tensor:
     """Gather positions idx [B, L'] from the sequence dim (dim 1) of x [B or 1, L, ...]."""
     idx = idx.to(x.device)
+    if idx.shape[0] == 1 and x.shape[0] == 1:
+        return x.index_select(1, idx[0])
     x = x.expand(idx.shape[0], *x.shape[1:])
     return x[torch.arange(idx.shape[0], device=idx.device)[:, None], idx]
 
@@ -415,6 +564,8 @@ def _take_ids(pid: Tensor, idx: Tensor) -> Tensor:
     """Position ids [B, L] or [n, B, L] (M-RoPE) at the kept positions."""
     if pid.ndim == 2:
         return _take(pid, idx)
+    if idx.shape[0] == 1 and pid.shape[1] == 1:
+        return pid.index_select(2, idx[0].to(pid.device))
     return torch.stack([_take(p, idx) for p in pid])
 
 
@@ -425,17 +576,20 @@ def _allowed(mask: Tensor):
 def _cut_prefill_mask(mask, cut: _Cut, hidden: Tensor, state: _State):
     """The layer's prefill mask restricted to the kept rows and columns; dummies see only themselves."""
     cut = cut.on(mask.device if isinstance(mask, Tensor) else hidden.device)
-    dummies = not bool(cut.valid.all())
     if mask is None:
-        return _fresh_mask(cut, hidden, state, None) if dummies else None
+        return _fresh_mask(cut, hidden, state, None) if cut.dummies else None
     if not isinstance(mask, Tensor):
         raise TypeError(f"iwp cannot cut a {type(mask).__name__} attention mask (use sdpa, eager or flash)")
     B, idx = cut.idx.shape[0], cut.idx
     if mask.ndim == 2:                                   # flash attention: [B, L] padding mask
-        return _take(mask, idx).masked_fill(~cut.valid, 0)
-    m = mask.expand(B, *mask.shape[1:])
-    m = torch.stack([m[b][:, idx[b]][:, :, idx[b]] for b in range(B)])
-    if dummies:
+        m = _take(mask, idx)
+        return m.masked_fill(~cut.valid, 0) if cut.dummies else m
+    if B == 1 and mask.shape[0] == 1:
+        m = mask.index_select(2, idx[0]).index_select(3, idx[0])
+    else:
+        m = mask.expand(B, *mask.shape[1:])
+        m = torch.stack([m[b][:, idx[b]][:, :, idx[b]] for b in range(B)])
+    if cut.dummies:
         yes, no = _allowed(m)
         m = m.masked_fill(~cut.valid[:, None, None, :], no)
         eye = torch.eye(idx.shape[1], dtype=torch.bool, device=m.device)[None, None]
@@ -448,30 +602,43 @@ def _cut_prefill_mask(mask, cut: _Cut, hidden: Tensor, state: _State):
 def _cut_decode_mask(mask, cut: _Cut, hidden: Tensor, cache, i: int, state: _State):
     """A decoding step's mask with key columns = kept prompt positions, then the new tokens."""
     cut = cut.on(mask.device if isinstance(mask, Tensor) else hidden.device)
-    dummies = not bool(cut.valid.all())
     if cut.short_cache_masks:                        # layer 0 is cut too: the model sized this mask by its
         am = state.call.get("attention_mask")        # short cache, so rebuild it from the padding mask
-        if isinstance(am, Tensor) and am.ndim == 2 and not bool(am.all()):
+        if cut.padded and isinstance(am, Tensor) and am.ndim == 2:
             cut = cut.on(am.device)
-            cols = torch.cat([cut.idx, torch.arange(cut.length, am.shape[1], device=am.device)
-                              .expand(am.shape[0], -1)], dim=1)
-            ok = torch.cat([cut.valid, torch.ones_like(am[:, cut.length:], dtype=torch.bool)], dim=1)
+            cols = _decode_columns(cut, am.shape[1])
+            ok = _keys_ok(cut, cols.shape[1])
             return _fresh_mask(cut, hidden, state, cols.shape[1], ok & _take(am, cols).bool())
         mask = None
     if mask is None:
-        return _fresh_mask(cut, hidden, state, cache.get_seq_length(i) + hidden.shape[1]) if dummies else None
+        return _fresh_mask(cut, hidden, state, cache.get_seq_length(i) + hidden.shape[1]) if cut.dummies else None
     if not isinstance(mask, Tensor):
         raise TypeError(f"iwp cannot cut a {type(mask).__name__} attention mask (use sdpa, eager or flash)")
-    B, width = cut.idx.shape
-    new = mask.shape[-1] - cut.length
-    cols = torch.cat([cut.idx, torch.arange(cut.length, mask.shape[-1], device=cut.idx.device)
-                      .expand(B, new)], dim=1)
-    ok = torch.cat([cut.valid, torch.ones(B, new, dtype=torch.bool, device=cut.idx.device)], dim=1)
+    B = cut.idx.shape[0]
+    cols = _decode_columns(cut, mask.shape[-1])
     if mask.ndim == 2:
-        return _take(mask, cols).masked_fill(~ok, 0)
-    m = mask.expand(B, *mask.shape[1:])
-    m = torch.stack([m[b][..., cols[b]] for b in range(B)])
-    return m.masked_fill(~ok[:, None, None, :], _allowed(m)[1]) if dummies else m
+        m = _take(mask, cols)
+        return m.masked_fill(~_keys_ok(cut, cols.shape[1]), 0) if cut.dummies else m
+    if B == 1 and mask.shape[0] == 1:
+        m = mask.index_select(3, cols[0])
+    else:
+        m = mask.expand(B, *mask.shape[1:])
+        m = torch.stack([m[b][..., cols[b]] for b in range(B)])
+    return m.masked_fill(~_keys_ok(cut, cols.shape[1])[:, None, None, :], _allowed(m)[1]) if cut.dummies else m
+
+
+def _decode_columns(cut: _Cut, kv: int) -> Tensor:
+    """[B, kv'] key columns of a decoding mask over kv keys: the kept prompt positions, then the new ones."""
+    B = cut.idx.shape[0]
+    new = torch.arange(cut.length, kv, device=cut.idx.device).expand(B, kv - cut.length)
+    return torch.cat([cut.idx, new], dim=1)
+
+
+def _keys_ok(cut: _Cut, kv: int) -> Tensor:
+    """[B, kv] True on the keys that may be seen: all but the cut's dummies (the new tokens come after)."""
+    B, width = cut.idx.shape
+    ones = torch.ones(B, kv - width if cut.dummies else kv, dtype=torch.bool, device=cut.idx.device)
+    return torch.cat([cut.valid, ones], dim=1) if cut.dummies else ones
 
 
 def _fresh_mask(cut: _Cut, hidden: Tensor, state: _State, kv_len: int | None, ok: Tensor | None = None):
@@ -483,12 +650,12 @@ def _fresh_mask(cut: _Cut, hidden: Tensor, state: _State, kv_len: int | None, ok
     q = hidden.shape[1]
     kv = width if kv_len is None else kv_len
     if ok is None:
-        ok = torch.cat([cut.valid, torch.ones(B, kv - width, dtype=torch.bool, device=cut.idx.device)], dim=1)
+        ok = _keys_ok(cut, kv)
     if "flash" in str(state.lm.config._attn_implementation):
         return ok.long()
     rows = torch.arange(kv - q, kv, device=ok.device)[:, None]
     allowed = (torch.arange(kv, device=ok.device)[None, :] <= rows)[None, None] & ok[:, None, None, :]
-    if kv_len is None:                                   # prefill: dummy rows see themselves
+    if kv_len is None and cut.dummies:                   # prefill: dummy rows see themselves
         eye = torch.eye(width, dtype=torch.bool, device=ok.device)[None, None]
         allowed = torch.where(~cut.valid[:, None, :, None], eye, allowed)
     zero = torch.zeros((), dtype=hidden.dtype, device=ok.device)

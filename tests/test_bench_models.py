@@ -141,6 +141,8 @@ def test_real_size_inputs_follow_the_processors_rules():
     with torch.device("meta"):                            # shapes only: no weights are made
         ov = LlavaOnevisionForConditionalGeneration(bench_models.real_config("llava-onevision-7b"))
         qwen = Qwen2_5_VLForConditionalGeneration(bench_models.real_config("qwen2.5-vl-7b"))
+    small = bench_models.real_config("llava-onevision-7b", small=True)       # --small: a CPU dry run
+    assert small.text_config.hidden_size < 100 and small.vision_config.image_size == ov.config.vision_config.image_size
     video = bench_models.build_prompt(ov, "video32")
     assert (video.n_visual, video.n_total) == (32 * 14 * 14 + 1, 6336)    # 196 per frame + newline, 63 text
     assert video.kwargs["pixel_values_videos"].shape == (1, 32, 3, 384, 384)
@@ -150,3 +152,49 @@ def test_real_size_inputs_follow_the_processors_rules():
     qi = bench_models.build_prompt(qwen, "image")
     assert qi.geometry["grid_thw"] == [1, 52, 92] and qi.n_total == 26 * 46 + 63 + 2
     assert qi.kwargs["mm_token_type_ids"].shape == qi.kwargs["input_ids"].shape == (1, qi.n_total)
+
+
+@pytest.mark.parametrize("stock", [False, True])
+def test_run_shape_checks_and_applies_the_channels_last_pooling(tmp_path, stock):
+    from iwp import models
+    from iwp.models.llava_onevision import uses_fast_pooling
+    model = models.family("llava_onevision").tiny()[0]
+    argv = ["--input", "video32", "--ratios", "1.0,0.5", "--methods", "random", "--repeats", "1", "--warmup", "0",
+            "--new-tokens", "1", "--layer", "1", "--json", str(tmp_path / "{input}-{gpu}.json")]
+    args = bench_models.parse_args(argv + (["--stock-pooling"] if stock else []))
+    args.argv = argv
+    used = []
+    spy = model.model.multi_modal_projector.register_forward_hook(lambda *a: used.append(uses_fast_pooling(model)))
+    try:
+        (res,) = bench_models.run_shape(args, model=model)
+    finally:
+        spy.remove()
+    pooling = json.loads((tmp_path / "video32-cpu.json").read_text())["pooling"]
+    assert pooling == res["pooling"] and pooling["bitwise_equal"] is True and pooling["fast"] is (not stock)
+    assert pooling["stock_ms"] > 0 and pooling["fast_ms"] > 0
+    assert used == [False] + [not stock] * 2              # the check reads the features, then both arms run
+    assert not uses_fast_pooling(model) and not hasattr(model, "_iwp_state")    # the instance leaves as it came
+    assert ("video pooling: channels-last" in bench_models.markdown([res])) is (not stock)
+    assert {r["method"] for r in res["runs"]} == {"none", "random"}
+
+
+def test_phase_peaks_in_the_table_and_targets():
+    def row(method, ratio, peak, vision, decoder, ms):
+        med = {"vision_ms": 1.0, "ttft_ms": ms, "decoder_prefill_ms": ms / 2, "layer_k_gap_ms": 0.1,
+               "selection_ms": 0.05, "decode_tok_s": 9.0, "peak_mem_gb": peak, "vision_peak_gb": vision,
+               "decoder_peak_gb": decoder}
+        return {"method": method, "keep_ratio": ratio, "error": None, "repeats": 1, "n_tokens": 10, "median": med,
+                "speedup": {"decoder": 100 / ms, "ttft": 100 / ms}, "ideal": {"decoder": 3.0, "ttft": 2.0}}
+    runs = [row("none", 1.0, 16.9, 16.9, 15.5, 100.0), row("iwp", 0.111, 16.9, 16.9, 15.1, 50.0)]
+    res = {"model_shape": "m", "input": "video32", "device": "d", "torch": "t", "transformers": "x", "layer": 2,
+           "warmup": 1, "n_total": 10, "n_visual": 8, "runs": runs}
+    t = bench_models.targets(res)
+    assert t["peak_mem_gb"] == [16.9, False] and t["decoder_peak_gb"] == [15.1, True]
+    res["targets"] = t
+    table = bench_models.markdown([res])
+    assert "| vision peak GB | decoder peak GB |" in table and "| 16.90 | 16.90 | 15.10 |" in table
+    assert "decoder-phase peak 15.1 GB (below unpruned: met)" in table
+    for r in runs:                                        # results written before the phase peaks existed
+        del r["median"]["vision_peak_gb"], r["median"]["decoder_peak_gb"]
+    res["targets"] = bench_models.targets(res)
+    assert "decoder_peak_gb" not in res["targets"] and "| 16.90 | - | - |" in bench_models.markdown([res])

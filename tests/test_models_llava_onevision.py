@@ -74,3 +74,44 @@ def test_video_selection_spans_frames(tiny):
     g = iwp.last_selection(model, image_sizes=[(64, 48)])[0].groups[0]
     assert g.kind == "video" and g.n == 13 and len(g.kept) == 3 and g.image_size == (64, 48)
     assert g.frames[:4] == [0] * 4 and g.frames[-1] is None and g.boxes[-1] is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("frames,side,dim", [(1, 27, 64), (3, 27, 40), (8, 5, 33), (2, 4, 16), (5, 9, 7)])
+def test_channels_last_pooling_is_bitwise_the_stock_pooling(dtype, frames, side, dim):
+    from types import SimpleNamespace
+
+    from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
+
+    from iwp.models.llava_onevision import apply_pooling_channels_last
+    fake = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(image_size=side * 14, patch_size=14)))
+    x = torch.randn(frames, side * side, dim, generator=torch.Generator().manual_seed(side * dim)).to(dtype)
+    stock = LlavaOnevisionModel.apply_pooling(fake, x)
+    fast = apply_pooling_channels_last(fake, x)
+    assert fast.shape == stock.shape == (frames, ((side + 1) // 2) ** 2, dim) and fast.dtype == dtype
+    assert torch.equal(fast, stock)
+
+
+def test_fast_pooling_is_an_instance_patch_with_the_same_output(tiny):
+    from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
+
+    from iwp.models.llava_onevision import fast_pooling, stock_pooling, uses_fast_pooling
+    model, proc = tiny("llava_onevision")
+    stock_fn = LlavaOnevisionModel.apply_pooling
+    inputs = CASES["video-b2"](model, proc)
+    base = greedy(model, inputs)
+    with torch.no_grad():
+        feats = model.model.get_video_features(inputs["pixel_values_videos"]).pooler_output
+    fast_pooling(model)
+    try:
+        assert uses_fast_pooling(model) and model.model.apply_pooling.__func__ is not LlavaOnevisionModel.apply_pooling
+        with torch.no_grad():
+            assert torch.equal(model.model.get_video_features(inputs["pixel_values_videos"]).pooler_output, feats)
+        assert torch.equal(greedy(model, inputs), base)
+        iwp.apply(model, keep_ratio=0.25)
+        iwp.remove(model)
+        assert uses_fast_pooling(model)                   # iwp never touches the pooling
+    finally:
+        stock_pooling(model)
+    assert not uses_fast_pooling(model) and LlavaOnevisionModel.apply_pooling is stock_fn
+    assert torch.equal(greedy(model, inputs), base)

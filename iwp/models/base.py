@@ -54,7 +54,10 @@ class Family:
         return [None] * info["count"], None, size
 
     def groups(self, input_ids: Tensor, items: dict[str, list[dict]]) -> list[list[Group]]:
-        """Split each kind's placeholders (row-major, the order features are scattered in) per item."""
+        """Split each kind's placeholders (row-major, the order features are scattered in) per item.
+
+        The hook passes its host copy of input_ids, so the positions are host tensors and finding the
+        groups never waits for the device."""
         out: list[list[Group]] = [[] for _ in range(input_ids.shape[0])]
         for kind, token_id in self.token_ids_cached.items():
             where = (input_ids == token_id).nonzero()          # [n, 2] (batch, position), row-major

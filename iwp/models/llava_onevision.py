@@ -5,9 +5,10 @@ visual tokens the selector may keep or drop; they have no box.
 from __future__ import annotations
 
 import math
+import types
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..geometry import Box, anyres_boxes, grid_boxes, square_view_boxes
 from .base import Family, feature_counts
@@ -82,6 +83,41 @@ class LlavaOnevision(Family):
                              image_grid_pinpoints=pinpoints)
         return model, onevision_processor(ip, tok, num_image_tokens=16, vision_aspect_ratio="anyres_max_4",
                                           video_size={"height": 28, "width": 28})
+
+
+def fast_pooling(model: nn.Module) -> nn.Module:
+    """Pool this instance's video frames on the channels-last view (same values; on CUDA the stock NCHW copy
+    sends bilinear interpolation to a kernel that parallelises over output pixels only). Never inside
+    iwp.apply: it changes the unpruned model too. Undo with stock_pooling; returns the model."""
+    base = model.model
+    base.apply_pooling = types.MethodType(apply_pooling_channels_last, base)
+    return model
+
+
+def stock_pooling(model: nn.Module) -> nn.Module:
+    """Undo fast_pooling: the class's own apply_pooling shows through again."""
+    vars(model.model).pop("apply_pooling", None)
+    return model
+
+
+def uses_fast_pooling(model: nn.Module) -> bool:
+    return "apply_pooling" in vars(model.model)
+
+
+def apply_pooling_channels_last(self, image_features: Tensor) -> Tensor:
+    """LlavaOnevisionModel.apply_pooling (transformers 5.17-5.23) without .contiguous() before interpolate."""
+    height = width = self.config.vision_config.image_size // self.config.vision_config.patch_size
+    batch_frames, seq_len, dim = image_features.shape
+    image_features = image_features.view(batch_frames, height, width, -1)
+    image_features = image_features.permute(0, 3, 1, 2)              # a channels-last view, not copied
+
+    height, width = image_features.shape[2:]
+    scaled_shape = [math.ceil(height / 2), math.ceil(width / 2)]
+    image_features = nn.functional.interpolate(image_features, size=scaled_shape, mode="bilinear")
+
+    image_features = image_features.permute(0, 2, 3, 1)
+    image_features = image_features.view(batch_frames, -1, dim)
+    return image_features
 
 
 def onevision_processor(image_processor, tokenizer, num_image_tokens: int, vision_aspect_ratio: str,
