@@ -7,7 +7,9 @@ Every configuration (unpruned, and each method x keep ratio through the same iwp
 per round, in a shuffled order, all in one process; medians are taken after the warm-up rounds.
 OneVision video runs both arms with the channels-last pooling (iwp.models.llava_onevision.fast_pooling)
 once it is found bitwise equal to transformers' own on the prompt, on the device; --stock-pooling keeps
-transformers' own. The JSON's "pooling" says which ran.
+transformers' own. The JSON's "pooling" says which ran. OneVision's vision tower keeps only the layer
+the model reads in both arms (lean_hidden_states: transformers 5.17 kept all of them; same values);
+--stock-vision keeps transformers' behaviour. The JSON's "vision_hidden_states" says which ran.
 
     python -m iwp.bench models --model-shape llava-onevision-7b --input video32 --json out.json
     python -m iwp.bench models --report assets/benchmarks/models-*.json --plot speed.png
@@ -460,6 +462,16 @@ def set_pooling(model, prompt: Prompt, stock: bool = False, repeats: int = 5) ->
             "fast_ms": _time_ms(model, run_fast, repeats)}
 
 
+def set_vision_hidden_states(model, stock: bool = False) -> str | None:
+    """OneVision: the vision tower keeps only the layer the model reads, in both arms, unless stock.
+    Returns what ran ("selected layer" / "transformers' own"); None for other families."""
+    if family(model) != "llava_onevision":
+        return None
+    from .models import llava_onevision as ov
+    ov.all_hidden_states(model)
+    return "selected layer" if not stock and ov.lean_hidden_states(model) else "transformers' own"
+
+
 def pooling_note(pooling: dict | None) -> str:
     """The table header's words on which OneVision video pooling both arms ran ("" when there was none)."""
     if not pooling:
@@ -509,7 +521,9 @@ def markdown(results: list[dict]) -> str:
         parts.append(f"**{res['model_shape']}, {res['input']}** ({res['n_visual']} visual of {res['n_total']} "
                      f"tokens, K = {res['layer']}; {res['device']}, torch {res['torch']}, transformers "
                      f"{res['transformers']}; medians of {n} interleaved rounds after {res['warmup']} warm-up"
-                     f"{pooling_note(res.get('pooling'))})\n")
+                     f"{pooling_note(res.get('pooling'))}"
+                     + (f"; vision tower hidden states kept: {res['vision_hidden_states']}"
+                        if res.get("vision_hidden_states") else "") + ")\n")
         parts.append("| method | kept | tokens | vision ms | TTFT ms | decoder ms | cut at K ms | selection ms (hook) "
                      "| decode tok/s | peak GB | vision peak GB | decoder peak GB | decoder x (ideal) "
                      "| TTFT x (ideal) |")
@@ -630,6 +644,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="also profile one IWP prefill at the smallest ratio")
     p.add_argument("--stock-pooling", action="store_true",
                    help="OneVision video: keep transformers' pooling (default: channels-last, if bitwise equal)")
+    p.add_argument("--stock-vision", action="store_true",
+                   help="OneVision: let the vision tower keep every layer's hidden states, as transformers 5.17 does")
     p.add_argument("--small", action="store_true", help="tiny widths of the same shapes (a CPU dry run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--report", nargs="*", default=None, help="JSON files: print their tables, make no runs")
@@ -649,8 +665,9 @@ def run_shape(args: argparse.Namespace, model=None) -> list[dict]:
                 results.append(res)
     finally:
         if family(model) == "llava_onevision":           # the instance leaves as it came
-            from .models.llava_onevision import stock_pooling
+            from .models.llava_onevision import all_hidden_states, stock_pooling
             stock_pooling(model)
+            all_hidden_states(model)
     return results
 
 
@@ -662,11 +679,12 @@ def run_input(args: argparse.Namespace, model, kind: str) -> dict | None:
         print(f"{args.model_shape} {kind}: input not built: {type(e).__name__}: {e}", flush=True)
         return None
     pooling = set_pooling(model, prompt, stock=args.stock_pooling)
+    hidden = set_vision_hidden_states(model, stock=args.stock_vision)
     res = {"benchmark": "models", "model_shape": args.model_shape, "input": kind, **_env(model),
            "layer": args.layer, "repeats": args.repeats, "warmup": args.warmup, "new_tokens": args.new_tokens,
            "inputs": "tensors of the processors' output shapes, random pixel values, random text ids",
            "n_total": prompt.n_total, "n_visual": prompt.n_visual, "geometry": prompt.geometry,
-           "pooling": pooling,
+           "pooling": pooling, "vision_hidden_states": hidden,
            "weights_gb": torch.cuda.memory_allocated(model.device) / 2**30 if model.device.type == "cuda" else None,
            "command": "python -m iwp.bench models " + " ".join(args.argv)}
     path = args.json.replace("{input}", kind).replace("{gpu}", gpu_tag(model)) if args.json else None

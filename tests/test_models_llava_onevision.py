@@ -115,3 +115,29 @@ def test_fast_pooling_is_an_instance_patch_with_the_same_output(tiny):
         stock_pooling(model)
     assert not uses_fast_pooling(model) and LlavaOnevisionModel.apply_pooling is stock_fn
     assert torch.equal(greedy(model, inputs), base)
+
+
+def test_lean_hidden_states_keeps_one_layer_with_the_same_output(tiny):
+    from iwp.models.llava_onevision import all_hidden_states, lean_hidden_states
+    model, proc = tiny("llava_onevision")
+    inputs = CASES["video-b2"](model, proc)
+    base = greedy(model, inputs)
+    kept = []
+    hook = model.model.vision_tower.register_forward_hook(
+        lambda m, a, out: kept.append(sum(h is not None for h in (out.hidden_states or ()))))
+    try:
+        with torch.no_grad():
+            feats = model.model.get_video_features(inputs["pixel_values_videos"]).pooler_output
+            assert lean_hidden_states(model)
+            lean = model.model.get_video_features(inputs["pixel_values_videos"]).pooler_output
+        assert torch.equal(lean, feats)
+        assert kept[-1] == 1                               # the tower held one layer's states, not all
+        assert torch.equal(greedy(model, inputs), base)
+        iwp.apply(model, keep_ratio=0.25)
+        iwp.remove(model)
+        assert "forward" in vars(model.model.vision_tower)  # iwp never touches it
+    finally:
+        hook.remove()
+        all_hidden_states(model)
+    assert "forward" not in vars(model.model.vision_tower)
+    assert torch.equal(greedy(model, inputs), base)

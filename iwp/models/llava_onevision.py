@@ -4,6 +4,7 @@ visual tokens the selector may keep or drop; they have no box.
 """
 from __future__ import annotations
 
+import functools
 import math
 import types
 
@@ -102,6 +103,38 @@ def stock_pooling(model: nn.Module) -> nn.Module:
 
 def uses_fast_pooling(model: nn.Module) -> bool:
     return "apply_pooling" in vars(model.model)
+
+
+def lean_hidden_states(model: nn.Module) -> bool:
+    """Have the vision tower keep only the layer the model reads. transformers 5.17's get_image_features /
+    get_video_features ask for every layer's hidden states (output_hidden_states=True) to read one
+    (vision_feature_layer); for a 32-frame video that keeps 26 layers x 23k tokens x 1152 (1.4 GB in bf16)
+    alive through the encoder, the peak of the whole generate(). Its own output capture takes a list of
+    layers instead; later versions ask for the one layer themselves, and then this does nothing. Same
+    values. Applies to negative int vision_feature_layer (OneVision: -1); returns whether it applied. Never
+    inside iwp.apply: it changes the unpruned model too. Undo with all_hidden_states."""
+    tower, layer = model.model.vision_tower, model.config.vision_feature_layer
+    n = tower.config.num_hidden_layers
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < 0:
+        return False
+    if "forward" in vars(tower):
+        return True
+    stock = tower.forward
+
+    @functools.wraps(stock)
+    def forward(*args, **kwargs):
+        if kwargs.get("output_hidden_states") is True:
+            kwargs["output_hidden_states"] = [n + layer]   # layer outputs only: [-1] is still the last
+        return stock(*args, **kwargs)
+
+    tower.forward = forward
+    return True
+
+
+def all_hidden_states(model: nn.Module) -> nn.Module:
+    """Undo lean_hidden_states."""
+    vars(model.model.vision_tower).pop("forward", None)
+    return model
 
 
 def apply_pooling_channels_last(self, image_features: Tensor) -> Tensor:
