@@ -263,7 +263,7 @@ def build_demo(runner: Runner) -> gr.Blocks:
                 with gr.Accordion("Advanced", open=False):
                     layer = gr.Slider(0, n_layers - 1, value=default_layer, step=1, label="Layer K (prune before it)")
                     lam = gr.Slider(0.0, 1.0, value=DEFAULT_LAM, step=0.05, label="λ (magnitude vs. duplication)")
-                    first_chunk = gr.Slider(1, 64, value=DEFAULT_FIRST_CHUNK, step=1, label="PC-MMR first chunk")
+                    first_chunk = gr.Slider(1, 128, value=DEFAULT_FIRST_CHUNK, step=1, label="PC-MMR first chunk")
                     growth = gr.Slider(1.0, 4.0, value=DEFAULT_GROWTH, step=0.25, label="PC-MMR chunk growth")
                 run = gr.Button("Compare", variant="primary", elem_id="run")
             with gr.Column(scale=2):

@@ -11,8 +11,8 @@ from .dual_form import information_magnitude
 from .mmr import pc_mmr
 
 DEFAULT_LAM = 0.5
-DEFAULT_FIRST_CHUNK = 1
-DEFAULT_GROWTH = 3.0
+DEFAULT_FIRST_CHUNK = 32      # the schedule changes only the speed (picks are greedy MMR's): fastest on an H100
+DEFAULT_GROWTH = 2.0
 
 
 def iwp(inp: SelectorInput, budget: int, lam: float = DEFAULT_LAM, first_chunk: int = DEFAULT_FIRST_CHUNK,
