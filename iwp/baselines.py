@@ -103,11 +103,12 @@ def _farthest_point(x: Tensor, budget: int, metric: str) -> Tensor:
         return (x - point[None, :]).norm(dim=-1)
 
     centre = x.mean(0)
-    current = dist(torch.nn.functional.normalize(centre, dim=0) if metric == "cosine" else centre).argmax()
+    # current stays a 1-element device tensor: indexing with a 0-d one would sync with the host every pick
+    current = dist(torch.nn.functional.normalize(centre, dim=0) if metric == "cosine" else centre).argmax().reshape(1)
     nearest = torch.full((n,), float("inf"), device=x.device)
     for t in range(budget):
-        picks[t] = current
-        nearest = torch.minimum(nearest, dist(x[current]))
-        nearest[current] = -1.0                      # never picked again
-        current = nearest.argmax()
+        picks[t:t + 1] = current
+        nearest = torch.minimum(nearest, dist(x.index_select(0, current)[0]))
+        nearest.index_fill_(0, current, -1.0)        # never picked again
+        current = nearest.argmax().reshape(1)
     return picks
