@@ -28,9 +28,10 @@ def _check_lam(lam: float) -> None:
 
 
 def _relevance(m: Tensor, lam: float) -> Tensor:
+    """lam * m / max(m) (m as is when its max is not positive), without asking the device for max(m)."""
     m = m.float()
     top = m.max()
-    return lam * (m / top if top > 0 else m)
+    return lam * (m / torch.where(top > 0, top, torch.ones_like(top)))
 
 
 def greedy_mmr(m: Tensor, S: Tensor, budget: int, lam: float = 0.5) -> Tensor:
