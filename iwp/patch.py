@@ -76,12 +76,45 @@ class _Cut:
         return self.memo[key]
 
 
+class _Clock:
+    """Marks on the device's own timeline: CUDA events, so timing needs no host sync and the hook's launches
+    overlap the layers before K (the host clock on CPU). Read once the work is done."""
+
+    def __init__(self, device: torch.device):
+        self.stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        self.marks: list = []
+
+    def mark(self) -> int:
+        if self.stream is None:
+            self.marks.append(time.perf_counter())
+        else:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(self.stream)
+            self.marks.append(event)
+        return len(self.marks) - 1
+
+    def seconds(self, i: int, j: int) -> float:
+        a, b = self.marks[i], self.marks[j]
+        if self.stream is None:
+            return b - a
+        b.synchronize()
+        return a.elapsed_time(b) / 1e3
+
+
 @dataclass
 class _Record:
     """Raw tensors of one prefill's selection; last_selection turns them into Selection objects."""
     settings: Settings
     groups: list                  # per prompt: list of (Group, picks, _Input)
-    seconds: list                 # per prompt
+    clock: _Clock
+    spans: list                   # per prompt: (start mark, end mark) of its own work, or None
+
+    def seconds(self, b: int) -> float:
+        """Prompt b's scoring + selection, with an equal share of the planning all prompts shared."""
+        if self.spans[b] is None:
+            return 0.0
+        shared = self.clock.seconds(0, 1) / len(self.spans)
+        return shared + self.clock.seconds(*self.spans[b])
 
 
 class _HostCopy:
@@ -231,7 +264,7 @@ def last_selection(model: nn.Module, image_sizes: list[tuple[int, int]] | None =
                 budget=picks.numel()))
         out.append(Selection(groups=tgs, layer=rec.settings.layer, method=rec.settings.method,
                              keep_ratio=rec.settings.keep_ratio, params=dict(rec.settings.params),
-                             seconds=rec.seconds[b], batch_index=b))
+                             seconds=rec.seconds(b), batch_index=b))
     return out
 
 
@@ -412,9 +445,8 @@ def _select(state: _State, layer: nn.Module, hidden: Tensor, kwargs: dict) -> li
         raise RuntimeError(f"iwp scores visual tokens with decoder layer {state.settings.layer}'s own weights, "
                            "but they are offloaded (on the meta device); keep that layer on a GPU or choose "
                            "another layer with iwp.apply(..., layer=K)")
-    if hidden.is_cuda:
-        torch.cuda.synchronize(hidden.device)            # the clock starts when the layers before K are done
-    t0 = time.perf_counter()
+    clock = _Clock(dev)
+    clock.mark()                                         # reached once the layers before K are done
     ids, am = host.get()
     groups = state.family.groups(ids, state.items)
     if not any(groups):
@@ -423,25 +455,21 @@ def _select(state: _State, layer: nn.Module, hidden: Tensor, kwargs: dict) -> li
     cos, sin = (x.to(dev) for x in kwargs["position_embeddings"])
     B, L = ids.shape
     ramp = _Once(lambda: torch.arange(L, device=dev))
-    shared = (time.perf_counter() - t0) / B
-    keeps, rec_groups, seconds = [], [], []
+    clock.mark()
+    keeps, rec_groups, spans = [], [], []
     for b in range(B):
-        t1 = time.perf_counter()
         if not groups[b]:
             keeps.append(ramp())
             rec_groups.append([])
-            seconds.append(0.0)
+            spans.append(None)
             continue
+        start = len(clock.marks) - 1
         keep, recs = _select_prompt(state, layer, hidden[b], _row(cos, b), _row(sin, b), groups[b],
                                     None if am is None else am[b], ramp)
-        if keep is not None and keep.is_cuda:
-            torch.cuda.synchronize(keep.device)          # honest timing of scoring + selection
-        elif recs and recs[0][1].is_cuda:
-            torch.cuda.synchronize(recs[0][1].device)
-        seconds.append(time.perf_counter() - t1 + shared)
+        spans.append((start, clock.mark()))
         keeps.append(keep)
         rec_groups.append(recs)
-    state.record = _Record(settings=state.settings, groups=rec_groups, seconds=seconds)
+    state.record = _Record(settings=state.settings, groups=rec_groups, clock=clock, spans=spans)
     return None if state.settings.keep_ratio >= 1.0 else keeps
 
 
