@@ -1,11 +1,12 @@
-"""PC-MMR on CUDA: each step as three Triton kernels and a sort, whole runs replayed as CUDA graphs.
+"""PC-MMR on CUDA: each step as five Triton kernels, a whole run replayed as one CUDA graph.
 
 A PC-MMR step is a handful of small operations whose sizes depend on how many tokens earlier steps took.
 Launched one by one from Python, with a host sync per step, they cost far more than they compute. Here
 all state (redundancy, scores, picks, how many are taken) lives on the GPU, each step has a fixed launch
-shape (its largest chunk), and the kernels read the true sizes from the device. So a whole run is
-captured once per input shape as a CUDA graph and replayed; the host only checks, after a batch of
-steps, whether the budget is filled. iwp.mmr holds the plain PyTorch version of the same algorithm (CPU,
+shape (its largest chunk), and the kernels read the true sizes from the device and do nothing once the
+budget is filled. So a whole run, a few more steps than inputs need plus a one-token-at-a-time finisher,
+is captured once per input shape as one CUDA graph and replayed with no host sync at all: the host keeps
+queueing the model's next layers while the GPU selects. iwp.mmr holds the plain PyTorch version of the same algorithm (CPU,
 and the reference these kernels are checked against: tests/test_pool_kernel.py, python -m iwp.bench
 selection).
 
@@ -19,8 +20,8 @@ The key dot product runs on the tensor cores in tf32x3 (about float32's accuracy
 value dot product in the values' own 16-bit type, whose products float32 holds exactly.
 
 Run state: red [N] (redundancy, -inf while nothing is picked), score [N] (MMR score, -inf once taken),
-taken [N], picks [budget], state = [count, count before this step]. A step sorts the scores, takes the
-pool (the top 2c), picks inside it, then updates red and the scores.
+taken [N], picks [budget], state = [count, count before this step]. A step ranks the tokens (_top_chunks,
+_top_merge), takes the pool (the top 2c), picks inside it, then updates red and the scores.
 """
 from __future__ import annotations
 
@@ -37,15 +38,15 @@ except ImportError:                                   # CPU machines: the PyTorc
     triton = None
 
 AVAILABLE = triton is not None
-MAX_POOL = 256           # candidates per step at most: larger pools cost more than the steps they save
-MAX_TOKENS = 1 << 19     # the pick kernel packs (token, pool slot) into 31 bits
-STEPS_AFTER_GROWTH = 8   # steps in the first graph after the chunk size stops growing
-STEPS_PER_CHECK = 2      # steps per later graph, each followed by one host check
+MAX_POOL = 254           # candidates per step at most: larger pools cost more than the steps they save
+TOP = 256                # the step's best tokens the top kernels keep (the pool and the best outside it)
+SORT_CHUNK = 2048        # tokens each program of _top_chunks sorts
+MAX_TOKENS = 32 * SORT_CHUNK   # _top_merge sorts TOP keys of every chunk in one program
 MAX_RUNS = 4             # input shapes whose buffers and graphs are kept
 USE_GRAPHS = os.environ.get("IWP_CUDA_GRAPHS", "1") != "0"
 # Launch shapes (measured on an H100 with python -m iwp.bench selection --tune ...): the kernels are
 # latency-bound, so depth per program (head-dim slice bk) matters more than tile width.
-TUNING = {"bk": 64, "pool_tile": 32, "update_rows": 64, "update_cols": 64, "pick_warps": 2}
+TUNING = {"bk": 64, "pool_tile": 32, "update_rows": 64, "update_cols": 64, "pick_warps": 2, "extra_steps": -1}
 
 
 if AVAILABLE:
@@ -139,6 +140,35 @@ if AVAILABLE:
         return count, c, pool
 
     @triton.jit
+    def _full_key(score, token):
+        """A unique int64 per token, ordered as (score, then lower token first)."""
+        bits = (score + 0.0).to(tl.int32, bitcast=True)
+        return (_orderable(bits).to(tl.int64) << 32) | (2147483647 - token.to(tl.int64))
+
+    @triton.jit
+    def _top_chunks(score_ptr, state_ptr, keys_ptr, N, budget, CHUNK: tl.constexpr):
+        """Each program sorts one chunk of tokens by key, best first (nothing once the budget is filled)."""
+        if tl.load(state_ptr) < budget:
+            token = tl.program_id(0) * CHUNK + tl.arange(0, CHUNK)
+            ok = token < N
+            key = tl.where(ok, _full_key(tl.load(score_ptr + token, mask=ok, other=0.0), token),
+                           -9223372036854775807)
+            tl.store(keys_ptr + token, tl.sort(key, descending=True))
+
+    @triton.jit
+    def _top_merge(keys_ptr, state_ptr, top_ptr, order_ptr, budget, chunks, CHUNK: tl.constexpr,
+                   T: tl.constexpr, BLOCK: tl.constexpr):
+        """The T best tokens of all chunks, best first: top (scores) and order (tokens)."""
+        if tl.load(state_ptr) < budget:
+            i = tl.arange(0, BLOCK)
+            chunk, j = i // T, i % T
+            key = tl.load(keys_ptr + chunk * CHUNK + j, mask=chunk < chunks, other=-9223372036854775807)
+            key = tl.sort(key, descending=True)
+            score = _orderable((key >> 32).to(tl.int32)).to(tl.float32, bitcast=True)
+            tl.store(top_ptr + i, score, mask=i < T)
+            tl.store(order_ptr + i, 2147483647 - (key & 0xFFFFFFFF), mask=i < T)
+
+    @triton.jit
     def _pool_block(k_ptr, v_ptr, mean_ptr, half_ptr, scale_ptr, order_ptr, state_ptr, out_ptr, N, inv_sqrt_d,
                     budget, chunk, pool_cap, H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
@@ -199,43 +229,86 @@ if AVAILABLE:
                 score_ptr, N, inv_sqrt_d, penalty, H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         """red[i] = max(red[i], S[i, this step's picks]) and the new MMR scores, for a block of rows."""
-        rows = tl.program_id(0) * BM + tl.arange(0, BM)
-        row_ok = rows < N
         start = tl.load(state_ptr + 1)
         stop = tl.load(state_ptr)
-        red = tl.load(red_ptr + rows, mask=row_ok, other=float("-inf"))
-        c0 = start
-        while c0 < stop:
-            cols = c0 + tl.arange(0, BN)
-            col_ok = cols < stop
-            picked = tl.load(picks_ptr + cols, mask=col_ok, other=0)
-            s = _similarity(k_ptr, v_ptr, mean_ptr, half_ptr, scale_ptr, rows, picked, row_ok, col_ok, N,
-                            inv_sqrt_d, H, DK, DV, BM, BN, BK)
-            red = tl.maximum(red, tl.max(tl.where(col_ok[None, :], s, float("-inf")), axis=1))
-            c0 += BN
-        tl.store(red_ptr + rows, red, mask=row_ok)
-        rel = tl.load(rel_ptr + rows, mask=row_ok, other=0.0)
-        taken = tl.load(taken_ptr + rows, mask=row_ok, other=1)
-        score = rel - penalty * tl.where(red == float("-inf"), 0.0, red)
-        tl.store(score_ptr + rows, tl.where(taken != 0, float("-inf"), score), mask=row_ok)
+        if start < stop:
+            rows = tl.program_id(0) * BM + tl.arange(0, BM)
+            row_ok = rows < N
+            red = tl.load(red_ptr + rows, mask=row_ok, other=float("-inf"))
+            c0 = start
+            while c0 < stop:
+                cols = c0 + tl.arange(0, BN)
+                col_ok = cols < stop
+                picked = tl.load(picks_ptr + cols, mask=col_ok, other=0)
+                s = _similarity(k_ptr, v_ptr, mean_ptr, half_ptr, scale_ptr, rows, picked, row_ok, col_ok, N,
+                                inv_sqrt_d, H, DK, DV, BM, BN, BK)
+                red = tl.maximum(red, tl.max(tl.where(col_ok[None, :], s, float("-inf")), axis=1))
+                c0 += BN
+            tl.store(red_ptr + rows, red, mask=row_ok)
+            rel = tl.load(rel_ptr + rows, mask=row_ok, other=0.0)
+            taken = tl.load(taken_ptr + rows, mask=row_ok, other=1)
+            score = rel - penalty * tl.where(red == float("-inf"), 0.0, red)
+            tl.store(score_ptr + rows, tl.where(taken != 0, float("-inf"), score), mask=row_ok)
+
+    @triton.jit
+    def _finish(k_ptr, v_ptr, mean_ptr, half_ptr, scale_ptr, rel_ptr, red_ptr, taken_ptr, score_ptr, picks_ptr,
+                state_ptr, N, budget, inv_sqrt_d, penalty, H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+                BLOCK: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+        """Greedy MMR one token at a time, in one program, for whatever the steps left (normally nothing):
+        the run's graph has a fixed number of steps, and this makes it finish whatever the input."""
+        count = tl.load(state_ptr)
+        one = tl.arange(0, 16) == 0
+        while count < budget:
+            best = tl.full((), -9223372036854775807, tl.int64)
+            start = 0
+            while start < N:
+                token = start + tl.arange(0, BLOCK)
+                ok = token < N
+                s = tl.load(score_ptr + token, mask=ok, other=float("-inf"))
+                best = tl.maximum(best, tl.max(tl.where(ok & (s > float("-inf")), _pick_key(s, token),
+                                                        -9223372036854775807), axis=0))
+                start += BLOCK
+            pick = (524287 - ((best >> 12) & 524287)).to(tl.int32)
+            tl.store(picks_ptr + count, pick.to(tl.int64))
+            tl.store(taken_ptr + pick, 1)
+            cols = pick + tl.zeros((16,), dtype=tl.int32)
+            start = 0
+            while start < N:
+                rows = start + tl.arange(0, BM)
+                row_ok = rows < N
+                s = _similarity(k_ptr, v_ptr, mean_ptr, half_ptr, scale_ptr, rows, cols, row_ok, one, N,
+                                inv_sqrt_d, H, DK, DV, BM, 16, BK)
+                red = tl.maximum(tl.load(red_ptr + rows, mask=row_ok, other=float("-inf")),
+                                 tl.max(tl.where(one[None, :], s, float("-inf")), axis=1))
+                tl.store(red_ptr + rows, red, mask=row_ok)
+                taken = (tl.load(taken_ptr + rows, mask=row_ok, other=1) != 0) | (rows == pick)
+                score = tl.load(rel_ptr + rows, mask=row_ok, other=0.0) - penalty * red
+                tl.store(score_ptr + rows, tl.where(taken, float("-inf"), score), mask=row_ok)
+                start += BM
+            tl.debug_barrier()                                 # the next argmax reads these scores
+            count += 1
+        tl.store(state_ptr, count)
+        tl.store(state_ptr + 1, count)
 
 
 @dataclass
 class _Run:
-    """Device buffers of one input shape, and the CUDA graphs that replay its steps."""
+    """Device buffers of one input shape, and the CUDA graph that replays a whole run."""
     budget: int
-    chunks: list[int]          # the schedule's largest chunk per step; the last one repeats
+    chunks: list[int]          # the schedule's largest chunk per step until it stops growing
     penalty: float
     k: torch.Tensor            # [H, N, dk] keys after RoPE, as the model gave them
     v: torch.Tensor            # [H, N, dv]
     rel: torch.Tensor          # [N] float32 relevance, lam * m / max(m)
     tuning: dict | None = None
-    graphs: list | None = None
+    graph: object = None       # torch.cuda.CUDAGraph once captured; False where capture failed
 
     def __post_init__(self):
         H, n, dk = self.k.shape
         dev = self.rel.device
         self.n, self.pool_cap = n, min(2 * max(self.chunks), n)
+        if self.pool_cap >= TOP:
+            raise ValueError(f"a pool of {self.pool_cap} needs more than the {TOP} ranked tokens the top kernels keep")
         f32 = dict(device=dev, dtype=torch.float32)
         self.mean, self.half, self.scale = torch.empty(H, dk, **f32), torch.empty(H, n, **f32), torch.empty(H, n, **f32)
         self.red = torch.empty(n, **f32)
@@ -244,9 +317,16 @@ class _Run:
         self.picks = torch.empty(self.budget, dtype=torch.long, device=dev)
         self.state = torch.empty(2, dtype=torch.int32, device=dev)
         self.pool = torch.empty(self.pool_cap * self.pool_cap, **f32)
+        self.sort_chunks = triton.cdiv(n, SORT_CHUNK)
+        self.keys = torch.empty(self.sort_chunks * SORT_CHUNK, dtype=torch.long, device=dev)
+        self.top, self.order = torch.empty(TOP, **f32), torch.empty(TOP, dtype=torch.long, device=dev)
         self.block = triton.next_power_of_2(self.pool_cap)
         self.inv_sqrt_d = 1.0 / math.sqrt(dk)
         self.tuning = dict(TUNING, **(self.tuning or {}))
+        extra = self.tuning["extra_steps"]
+        # Steps after the chunk stops growing: about what real inputs need (13 steps in all for 6k tokens
+        # at 11%), and _finish completes any run they leave short, so no host check is ever needed.
+        self.steps = self.chunks + [self.chunks[-1]] * (min(64, max(8, self.budget // 40)) if extra < 0 else extra)
 
     def load(self, rel: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         for mine, new in ((self.rel, rel), (self.k, k), (self.v, v)):
@@ -256,79 +336,59 @@ class _Run:
         H, _, dk = self.k.shape
         return dict(H=H, DK=dk, DV=self.v.shape[2])
 
+    def _tables(self) -> tuple:
+        return self.k, self.v, self.mean, self.half, self.scale
+
     def prepare(self) -> None:
         """The per-token tables, and the state of a run that has picked nothing."""
         torch.mean(self.k, dim=1, dtype=torch.float32, out=self.mean)
         dk, dv = self.k.shape[2], self.v.shape[2]
         BM = 32
-        _token_tables[(triton.cdiv(self.n, BM),)](self.k, self.v, self.mean, self.half, self.scale, self.n,
-                                                  self.inv_sqrt_d, **self._shapes(), BM=BM,
+        _token_tables[(triton.cdiv(self.n, BM),)](*self._tables(), self.n, self.inv_sqrt_d, **self._shapes(), BM=BM,
                                                   BDK=triton.next_power_of_2(dk), BDV=triton.next_power_of_2(dv))
         self.red.fill_(float("-inf"))
+        self.score.copy_(self.rel)                          # nothing picked: the scores are the relevances
         self.taken.zero_()
         self.state.zero_()
-        self._update_scores()                                 # nothing picked: the scores are the relevances
-
-    def _update_scores(self) -> None:
-        t = self.tuning
-        _update[(triton.cdiv(self.n, t["update_rows"]),)](
-            self.k, self.v, self.mean, self.half, self.scale, self.picks, self.state, self.rel, self.red, self.taken,
-            self.score, self.n, self.inv_sqrt_d, self.penalty, **self._shapes(), BM=t["update_rows"],
-            BN=t["update_cols"], BK=t["bk"])
 
     def step(self, chunk: int) -> None:
-        """One PC-MMR step whose chunk is at most `chunk` tokens; a no-op once the budget is filled."""
+        """One PC-MMR step whose chunk is at most `chunk` tokens; every kernel does nothing once the budget
+        is filled, so a run can hold more steps than it needs."""
         N, t = self.n, self.tuning
         pool = min(2 * chunk, N)
-        # Stable: ties keep the lower token first, as greedy's argmax. (A full sort of 6k floats costs less
-        # than torch.topk of the pool here: H100, python -m iwp.bench selection.)
-        top, order = torch.sort(self.score, descending=True, stable=True)
+        _top_chunks[(self.sort_chunks,)](self.score, self.state, self.keys, N, self.budget, CHUNK=SORT_CHUNK,
+                                         num_warps=8)
+        _top_merge[(1,)](self.keys, self.state, self.top, self.order, self.budget, self.sort_chunks,
+                         CHUNK=SORT_CHUNK, T=TOP, BLOCK=triton.next_power_of_2(self.sort_chunks * TOP), num_warps=8)
         BP = t["pool_tile"]
         _pool_block[(triton.cdiv(pool, BP), triton.cdiv(pool, BP))](
-            self.k, self.v, self.mean, self.half, self.scale, order, self.state, self.pool, N, self.inv_sqrt_d,
-            self.budget, chunk, self.pool_cap, **self._shapes(), BM=BP, BN=BP, BK=t["bk"])
-        _pick[(1,)](self.pool, top, order, self.rel, self.red, self.taken, self.picks, self.state,
+            *self._tables(), self.order, self.state, self.pool, N, self.inv_sqrt_d, self.budget, chunk, self.pool_cap,
+            **self._shapes(), BM=BP, BN=BP, BK=t["bk"])
+        _pick[(1,)](self.pool, self.top, self.order, self.rel, self.red, self.taken, self.picks, self.state,
                     N, self.budget, chunk, self.pool_cap, self.penalty, BLOCK=self.block, num_warps=t["pick_warps"])
-        self._update_scores()
+        _update[(triton.cdiv(N, t["update_rows"]),)](
+            *self._tables(), self.picks, self.state, self.rel, self.red, self.taken, self.score, N, self.inv_sqrt_d,
+            self.penalty, **self._shapes(), BM=t["update_rows"], BN=t["update_cols"], BK=t["bk"])
 
-    def segments(self) -> list[list[int]]:
-        """Steps replayed between host checks: the growing chunks and a few more, then short batches."""
-        return [self.chunks + [self.chunks[-1]] * STEPS_AFTER_GROWTH, [self.chunks[-1]] * STEPS_PER_CHECK]
-
-    def filled(self) -> bool:
-        return int(self.state[0]) >= self.budget            # the host check: one sync
-
-    def run_eager(self) -> None:
-        first, more = self.segments()
+    def run(self) -> None:
+        """The whole run as launches: no host sync anywhere."""
         self.prepare()
-        for chunk in first:
+        for chunk in self.steps:
             self.step(chunk)
-        while not self.filled():
-            for chunk in more:
-                self.step(chunk)
+        _finish[(1,)](*self._tables(), self.rel, self.red, self.taken, self.score, self.picks, self.state, self.n,
+                      self.budget, self.inv_sqrt_d, self.penalty, **self._shapes(), BLOCK=1024, BM=64,
+                      BK=self.tuning["bk"], num_warps=8)
 
     def capture(self) -> None:
-        """Record the two segments as CUDA graphs (an eager run has compiled the kernels)."""
-        graphs = []
+        """Record run() as one CUDA graph (an eager run has compiled the kernels)."""
         device = self.rel.device
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
-        for i, chunks in enumerate(self.segments()):
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, stream=stream, capture_error_mode="thread_local"):
-                if i == 0:
-                    self.prepare()
-                for chunk in chunks:
-                    self.step(chunk)
-            graphs.append(g)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            self.run()
         torch.cuda.current_stream(device).wait_stream(stream)
-        self.graphs = graphs
-
-    def run_graphs(self) -> None:
-        first, more = self.graphs
-        first.replay()
-        while not self.filled():
-            more.replay()
+        self.graph = graph
 
 
 _RUNS: dict[tuple, _Run] = {}
@@ -349,15 +409,15 @@ def pc_mmr(relevance: torch.Tensor, k: torch.Tensor, v: torch.Tensor, budget: in
     while len(_RUNS) > MAX_RUNS:
         _RUNS.pop(next(iter(_RUNS)))
     run.load(relevance, k, v)
-    if USE_GRAPHS and run.graphs:
-        run.run_graphs()
+    if USE_GRAPHS and run.graph:
+        run.graph.replay()
     else:
-        run.run_eager()                                   # compiles the kernels on their first call
-        if USE_GRAPHS and run.graphs is None:
+        run.run()                                         # compiles the kernels on their first call
+        if USE_GRAPHS and run.graph is None:
             try:
                 run.capture()
             except RuntimeError:                          # capture unsupported here: stay eager
-                run.graphs = []
+                run.graph = False
     return run.picks.clone()
 
 

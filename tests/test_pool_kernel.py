@@ -64,11 +64,17 @@ INTERPRETED = textwrap.dedent("""
     from iwp import _pool_kernel
     from tests.test_pool_kernel import CASES, both_paths, check_token_tables, inputs, same_picks
     _pool_kernel.USE_GRAPHS = False
+    _pool_kernel.SORT_CHUNK = _pool_kernel.TOP = 64   # the interpreter's tl.sort is slow; real sizes: compile test
+    _pool_kernel.TUNING = dict(_pool_kernel.TUNING, extra_steps=3)   # fewer idle steps to interpret
     for n, budget, first, growth, dup in CASES:
         q, k, v = inputs(n, dup, dtype=torch.float32)   # the interpreter's bf16 tl.dot is wrong (Triton 3.6)
         check_token_tables(k, v)
         reference, fused = both_paths(q, k, v, budget, first, growth)
         assert same_picks(fused[0], reference, n, dup), (n, budget, first, growth, fused[0].tolist(), reference.tolist())
+    _pool_kernel.TUNING = dict(_pool_kernel.TUNING, extra_steps=0)   # the steps stop short: _finish completes
+    for n, budget, first, growth, dup in CASES[:2]:
+        reference, fused = both_paths(*inputs(n, dup, dtype=torch.float32), budget, first, growth)
+        assert same_picks(fused[0], reference, n, dup), ("finish", n, fused[0].tolist(), reference.tolist())
     print("ok")
 """)
 
@@ -90,13 +96,21 @@ def test_kernels_compile_for_hopper():
     kernels = [
         (_pool_kernel._token_tables, dict(tables, N=i, inv_sqrt_d="fp32"),
          {"H": 4, "DK": 128, "DV": 128, "BM": 32, "BDK": 128, "BDV": 128}),
+        (_pool_kernel._top_chunks, dict(score_ptr=f, state_ptr="*i32", keys_ptr="*i64", N=i, budget=i),
+         {"CHUNK": _pool_kernel.SORT_CHUNK}),
+        (_pool_kernel._top_merge, dict(keys_ptr="*i64", state_ptr="*i32", top_ptr=f, order_ptr="*i64", budget=i,
+                                       chunks=i), {"CHUNK": _pool_kernel.SORT_CHUNK, "T": _pool_kernel.TOP,
+                                                   "BLOCK": 4 * _pool_kernel.TOP}),
         (_pool_kernel._pool_block, dict(tables, order_ptr="*i64", state_ptr="*i32", out_ptr=f, N=i, inv_sqrt_d="fp32",
                                         budget=i, chunk=i, pool_cap=i), shapes),
         (_pool_kernel._pick, dict(pool_ptr=f, top_ptr=f, order_ptr="*i64", rel_ptr=f, red_ptr=f, taken_ptr="*i8",
                                   picks_ptr="*i64", state_ptr="*i32", N=i, budget=i, chunk=i, pool_cap=i,
-                                  penalty="fp32"), {"BLOCK": _pool_kernel.MAX_POOL}),
+                                  penalty="fp32"), {"BLOCK": 256}),
         (_pool_kernel._update, dict(tables, picks_ptr="*i64", state_ptr="*i32", rel_ptr=f, red_ptr=f, taken_ptr="*i8",
                                     score_ptr=f, N=i, inv_sqrt_d="fp32", penalty="fp32"), dict(shapes, BM=64, BN=64)),
+        (_pool_kernel._finish, dict(tables, rel_ptr=f, red_ptr=f, taken_ptr="*i8", score_ptr=f, picks_ptr="*i64",
+                                    state_ptr="*i32", N=i, budget=i, inv_sqrt_d="fp32", penalty="fp32"),
+         {"H": 4, "DK": 128, "DV": 128, "BLOCK": 1024, "BM": 64, "BK": _pool_kernel.TUNING["bk"]}),
     ]
     for fn, signature, constants in kernels:
         signature.update({name: "constexpr" for name in constants})
