@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from iwp.dual_form import information_duplication, information_magnitude
-from iwp import mmr
 from iwp.mmr import MAX_CHUNK, chunk_sizes, greedy_mmr, growing_chunks, pc_mmr
 
 
@@ -89,21 +88,16 @@ def test_pc_mmr_skips_near_copies_inside_a_chunk():
 
 @pytest.mark.parametrize("clusters,lam,first_chunk,growth", [(10, 0.5, 1, 3.0), (40, 0.5, 1, 2.0), (40, 0.3, 4, 3.0),
                                                              (120, 0.8, 1, 4.0), (3, 0.5, 2, 1.5)])
-def test_pc_mmr_is_greedy_mmr_in_fewer_steps(clusters, lam, first_chunk, growth, monkeypatch):
+def test_pc_mmr_is_greedy_mmr_in_fewer_steps(clusters, lam, first_chunk, growth):
+    from iwp.bench import _count_steps
     q, k, v = clustered_tokens(n=400, clusters=clusters, seed=3)
     m = information_magnitude(q, k, v)
-    steps = 0
-    plain = mmr._pick_in_pool
 
-    def counting(*args):
-        nonlocal steps
-        steps += 1
-        return plain(*args)
+    def run():
+        return pc_mmr(m, k, v, 60, lam=lam, first_chunk=first_chunk, growth=growth)
 
-    monkeypatch.setattr(mmr, "_pick_in_pool", counting)
-    chunked = pc_mmr(m, k, v, 60, lam=lam, first_chunk=first_chunk, growth=growth)
-    assert chunked.tolist() == greedy_mmr(m, information_duplication(k, v), 60, lam=lam).tolist()
-    assert steps < 60 / 3                                        # chunks really take several tokens a step
+    assert run().tolist() == greedy_mmr(m, information_duplication(k, v), 60, lam=lam).tolist()
+    assert _count_steps(run) < 60 / 3                           # chunks really take several tokens a step
 
 
 def test_pc_mmr_is_greedy_with_exact_ties_and_no_outside_tokens():
@@ -113,6 +107,18 @@ def test_pc_mmr_is_greedy_with_exact_ties_and_no_outside_tokens():
     S = information_duplication(k, v)
     for budget in (7, 40, 60):                                   # 60: the pool ends up holding every token
         assert pc_mmr(m, k, v, budget, growth=3.0).tolist() == greedy_mmr(m, S, budget).tolist()
+
+
+def test_chunk_schedule():
+    assert chunk_sizes(10, 1, 2.0) == [1, 2, 4, 3]
+    assert chunk_sizes(3, 8, 2.0) == [3]
+    assert chunk_sizes(5, 1, 1.0) == [1, 1, 1, 1, 1]
+    assert chunk_sizes(0) == []
+    assert sum(chunk_sizes(697, 1, 2.0)) == 697 and max(chunk_sizes(697, 1, 2.0)) == MAX_CHUNK
+    assert growing_chunks(10, 1, 2.0) == [1, 2, 4, 8, 10]
+    assert growing_chunks(5, 1, 1.0) == [1]
+    assert growing_chunks(3, 8, 2.0) == [3]
+    assert growing_chunks(10**6, 32, 2.0) == [32, 64, MAX_CHUNK]
 
 
 @pytest.mark.parametrize("fn", ["greedy", "pc"])
