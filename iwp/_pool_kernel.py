@@ -419,8 +419,3 @@ def pc_mmr(relevance: torch.Tensor, k: torch.Tensor, v: torch.Tensor, budget: in
             except RuntimeError:                          # capture unsupported here: stay eager
                 run.graph = False
     return run.picks.clone()
-
-
-def clear() -> None:
-    """Free every cached run's buffers and graphs."""
-    _RUNS.clear()

@@ -297,8 +297,9 @@ def _kept_tokens(model, prompt: Prompt) -> tuple[int, float | None]:
     return prompt.n_total - dropped, sel.seconds
 
 
-def run_once(model, prompt: Prompt, probe: Probe, new_tokens: int) -> dict:
-    """One generate() of 1 + new_tokens tokens; stage times in ms, decode tokens/s, peak memory in GB."""
+def timed_generate(model, prompt: Prompt, probe: Probe, new_tokens: int) -> tuple[dict, torch.Tensor]:
+    """One generate() of 1 + new_tokens tokens: stage times from the probe's marks (ms), decode tokens/s,
+    and the output ids."""
     _sync(model)
     probe.reset()
     start = probe._now()
@@ -314,12 +315,19 @@ def run_once(model, prompt: Prompt, probe: Probe, new_tokens: int) -> dict:
         "vision_ms": probe.ms(m["vision"][0], m["decoder"][0]) if "vision" in m else None,
         "decoder_prefill_ms": probe.ms(m["decoder"][0], logits[0]),
         "total_ms": probe.ms(start, end),
-        "new_tokens": out.shape[1] - prompt.kwargs["input_ids"].shape[1],
+        "new_tokens": int(out.shape[1] - prompt.kwargs["input_ids"].shape[1]),
+        "decode_tok_s": (len(logits) - 1) / (probe.ms(logits[0], logits[-1]) / 1e3) if len(logits) > 1 else None,
     }
+    return res, out
+
+
+def run_once(model, prompt: Prompt, probe: Probe, new_tokens: int) -> dict:
+    """timed_generate's times, the gap at layer K, and the memory peaks in GB."""
+    res, _ = timed_generate(model, prompt, probe, new_tokens)
+    m = probe.marks
     if "at_k" in m:   # the gap where the hook scores, selects and slices (layer K-1 done -> layer K starts)
         res["layer_k_gap_ms"] = probe.ms(m.get("before_k", m["decoder"])[0], m["at_k"][0])
         res["layers_before_k_ms"] = probe.ms(m["decoder"][0], m.get("before_k", m["decoder"])[0])
-    res["decode_tok_s"] = (len(logits) - 1) / (probe.ms(logits[0], logits[-1]) / 1e3) if len(logits) > 1 else None
     res.update(probe.peaks_gb())
     return res
 

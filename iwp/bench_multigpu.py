@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from . import realsize
-from .bench_models import Probe, build_prompt, configure
+from .bench_models import Probe, build_prompt, configure, timed_generate
 
 SHAPES = {"qwen2.5-vl-72b": realsize.qwen72b_config, "qwen2.5-vl-7b": realsize.qwen_config}
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -236,24 +236,11 @@ def kept_tokens(model: nn.Module, n_total: int) -> int:
 
 
 def run_once(model: nn.Module, prompt, probe: SyncProbe, new_tokens: int) -> tuple[dict, torch.Tensor]:
-    """One generate() of 1 + new_tokens tokens: stage times (ms), decode tokens/s, peak GiB on every GPU."""
+    """timed_generate's stage times (ms) and decode tokens/s, and the peak GiB on every GPU."""
     for g in probe.gpus:
         torch.cuda.reset_peak_memory_stats(g)
-    probe.reset()
-    start = probe._now()
-    with torch.no_grad():
-        out = model.generate(**prompt.kwargs, max_new_tokens=1 + new_tokens, min_new_tokens=1 + new_tokens,
-                             do_sample=False)
-    end = probe._now()
-    m = probe.marks
-    logits = m["logits"]
-    res = {"ttft_ms": probe.ms(start, logits[0]),
-           "vision_ms": probe.ms(m["vision"][0], m["decoder"][0]) if "vision" in m else None,
-           "decoder_prefill_ms": probe.ms(m["decoder"][0], logits[0]),
-           "total_ms": probe.ms(start, end),
-           "decode_tok_s": (len(logits) - 1) / (probe.ms(logits[0], logits[-1]) / 1e3) if len(logits) > 1 else None,
-           "new_tokens": int(out.shape[1] - prompt.kwargs["input_ids"].shape[1]),
-           "peak_gib": {f"cuda:{g}": torch.cuda.max_memory_allocated(g) / 2**30 for g in probe.gpus} or None}
+    res, out = timed_generate(model, prompt, probe, new_tokens)
+    res["peak_gib"] = {f"cuda:{g}": torch.cuda.max_memory_allocated(g) / 2**30 for g in probe.gpus} or None
     return res, out
 
 
