@@ -1,8 +1,8 @@
 """Hugging Face Spaces entry point: load the model named by IWP_MODEL once, build the demo, serve it."""
 import os
 
-from iwp.inputs import MAX_UPLOAD
-from iwp.compare import Runner
+from iwp.demo.inputs import MAX_UPLOAD
+from iwp.demo.runner import Runner
 from app.ui import build_demo
 
 runner = Runner.load(os.environ.get("IWP_MODEL"))

@@ -15,8 +15,8 @@ from iwp import overlay
 from iwp.patch import DEFAULT_LAYER
 from iwp.selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
 
-from iwp import inputs as guards
-from iwp.compare import OutOfMemory, Runner
+from iwp.demo import inputs as guards
+from iwp.demo.runner import OutOfMemory, Runner
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,8 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     # The demo's input checks and runner, so that the CLI and the demo answer identically.
-    from . import inputs as guards, overlay
-    from .compare import OutOfMemory, Runner
+    from . import overlay
+    from .demo import inputs as guards
+    from .demo.runner import OutOfMemory, Runner
     try:
         question = guards.check_question(args.question)
         keep, method = guards.check_settings(args.keep, args.method, list(SELECTORS))

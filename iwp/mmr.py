@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _pool_kernel
+from .kernels import pc_mmr as _pool_kernel
 from .dual_form import DualFactors, _check_qkv
 
 

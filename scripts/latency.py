@@ -33,8 +33,8 @@ def main() -> None:
     demo = None
     if args.url is None:
         import socket
-        from iwp.inputs import MAX_UPLOAD
-        from iwp.compare import Runner
+        from iwp.demo.inputs import MAX_UPLOAD
+        from iwp.demo.runner import Runner
         from app.ui import build_demo
         runner = Runner.load(args.model)
         runner.warmup()

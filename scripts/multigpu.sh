@@ -50,16 +50,16 @@ else
   BENCH=(--model-shape qwen2.5-vl-72b --repeats 3 --warmup 1 --new-tokens 8 --time-budget 75)
   EVAL=(--target-seconds 40 --timeout 100)
 fi
-step bench72b 250 python -m iwp.bench_multigpu --input image,video32 "${BENCH[@]}" --json "$OUT/multigpu.json"
-step evalscaling 170 python -m iwp.eval_scaling --nproc "$(( NGPU > 1 ? NGPU : 2 ))" "${EVAL[@]}" \
+step bench72b 250 python -m iwp.bench.multigpu --input image,video32 "${BENCH[@]}" --json "$OUT/multigpu.json"
+step evalscaling 170 python -m iwp.evaluate.scaling --nproc "$(( NGPU > 1 ? NGPU : 2 ))" "${EVAL[@]}" \
   --json "$OUT/evaluate-scaling.json" --out-dir "$OUT/evaluate"
 if python -c "import pytest" 2>/dev/null; then
   step gputest 60 python -m pytest -q -p no:cacheprovider tests/test_device_map.py
 fi
 
 log "summary"
-[ -f "$OUT/multigpu.json" ] && python -m iwp.bench_multigpu --report "$OUT/multigpu.json" 2>&1 | tee "$OUT/summary.md"
-[ -f "$OUT/evaluate-scaling.json" ] && python -c "import json, sys; from iwp.eval_scaling import markdown
+[ -f "$OUT/multigpu.json" ] && python -m iwp.bench.multigpu --report "$OUT/multigpu.json" 2>&1 | tee "$OUT/summary.md"
+[ -f "$OUT/evaluate-scaling.json" ] && python -c "import json, sys; from iwp.evaluate.scaling import markdown
 r = json.load(open(sys.argv[1])); print(markdown(r) if 'scaling' in r else json.dumps(r)[:1500])" \
   "$OUT/evaluate-scaling.json" 2>&1 | tee -a "$OUT/summary.md"
 log "done in $(( $(date +%s) - START ))s"

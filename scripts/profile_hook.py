@@ -10,7 +10,8 @@ import pstats
 import torch
 
 import iwp
-from iwp import bench_models, patch
+from iwp import patch
+from iwp.bench import real_size as bench_models
 
 p = argparse.ArgumentParser()
 p.add_argument("--model-shape", default="llava-onevision-7b")

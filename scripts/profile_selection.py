@@ -7,7 +7,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from iwp.bench import structured_tokens
+from iwp.bench.selection import structured_tokens
 from iwp.dual_form import information_magnitude
 from iwp.mmr import pc_mmr
 from iwp.selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH

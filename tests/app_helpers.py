@@ -52,8 +52,8 @@ def example(suffixes: tuple[str, ...], tmp: Path) -> str:
 
 def launch(max_new_tokens: int = 4, max_file_size: str | None = None):
     """The demo on a free local port: (demo, url, runner)."""
-    from iwp.inputs import MAX_UPLOAD
-    from iwp.compare import Runner
+    from iwp.demo.inputs import MAX_UPLOAD
+    from iwp.demo.runner import Runner
     from app.ui import build_demo
     runner = Runner.load(model_under_test(), max_new_tokens=max_new_tokens)
     runner.warmup()

@@ -222,7 +222,7 @@ def test_command_line(tmp_path, capsys):
 
 def test_trust_remote_code_only_when_the_operator_sets_it(monkeypatch):
     import transformers
-    from iwp import compare as runner
+    from iwp.demo import runner
     seen = []
 
     def fake(name, **kwargs):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from iwp import bench_models, flops
+from iwp.bench import flops, real_size as bench_models
 
 TEXT = SimpleNamespace(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_key_value_heads=1,
                        head_dim=4, num_hidden_layers=3, vocab_size=10)

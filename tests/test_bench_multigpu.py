@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("accelerate")
 
 import iwp
-from iwp import bench_models, bench_multigpu, realsize
+from iwp.bench import configs as realsize, multigpu as bench_multigpu, real_size as bench_models
 
 GiB = 2**30
 

@@ -1,7 +1,7 @@
 """Sharding and gathering over a real gloo process group on CPU, against one process."""
 from collections import Counter
 
-from iwp import distributed
+from iwp.evaluate import distributed
 from tests.ranks import join_group, run_ranks
 
 

@@ -1,10 +1,10 @@
-"""python -m iwp.eval_scaling: the command lines it runs, the calibrated question count, and the report, with the
+"""python -m iwp.evaluate.scaling: the command lines it runs, the calibrated question count, and the report, with the
 evaluate runs stood in for (the real data-parallel evaluate is tested in test_evaluate.py)."""
 import json
 import subprocess
 import sys
 
-from iwp import eval_scaling
+from iwp.evaluate import scaling as eval_scaling
 
 ROWS = [{"method": "iwp", "keep_ratio": 1.0, "accuracy": 1.0, "n": 0, "per_kind": {}},
         {"method": "iwp", "keep_ratio": 0.111, "accuracy": 0.8, "n": 0, "per_kind": {}}]

@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from iwp import evaluate
+from iwp.evaluate import toy as evaluate
 
 
 def test_evaluate_main_small_run(tmp_path, capsys):
@@ -25,14 +25,14 @@ def _evaluate_rank(rank: int, size: int, port: int, argv: list, out) -> None:
     join_group(rank, size, port)
     import torch
     torch.set_num_threads(1)
-    from iwp import evaluate
+    from iwp.evaluate import toy as evaluate
     result = evaluate.main(argv)
     out.put((rank, result["results"], result["processes"]))
 
 
 def test_data_parallel_run_gives_the_single_process_results(tmp_path):
     """Two gloo ranks, each on a shard of the questions, gather to exactly what one process computes."""
-    from iwp import evaluate
+    from iwp.evaluate import toy as evaluate
     from tests.ranks import run_ranks
     argv = ["--n", "24", "--batch-size", "6", "--ratios", "1.0", "0.111", "--methods", "iwp", "random"]
     single = evaluate.main(argv + ["--json", str(tmp_path / "one.json")])["results"]

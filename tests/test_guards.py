@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iwp import inputs as guards
-from iwp.inputs import InputError
+from iwp.demo import inputs as guards
+from iwp.demo.inputs import InputError
 from tests.app_helpers import png_header
 
 

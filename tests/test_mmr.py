@@ -89,7 +89,7 @@ def test_pc_mmr_skips_near_copies_inside_a_chunk():
 @pytest.mark.parametrize("clusters,lam,first_chunk,growth", [(10, 0.5, 1, 3.0), (40, 0.5, 1, 2.0), (40, 0.3, 4, 3.0),
                                                              (120, 0.8, 1, 4.0), (3, 0.5, 2, 1.5)])
 def test_pc_mmr_is_greedy_mmr_in_fewer_steps(clusters, lam, first_chunk, growth):
-    from iwp.bench import _count_steps
+    from iwp.bench.selection import _count_steps
     q, k, v = clustered_tokens(n=400, clusters=clusters, seed=3)
     m = information_magnitude(q, k, v)
 

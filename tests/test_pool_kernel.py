@@ -14,8 +14,9 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from iwp import _pool_kernel, mmr  # noqa: E402
-from iwp.bench import structured_tokens  # noqa: E402
+from iwp import mmr
+from iwp.kernels import pc_mmr as _pool_kernel  # noqa: E402
+from iwp.bench.selection import structured_tokens  # noqa: E402
 from iwp.dual_form import DualFactors, information_duplication, information_magnitude  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +62,7 @@ def both_paths(q, k, v, budget, first_chunk, growth):
 
 INTERPRETED = textwrap.dedent("""
     import torch
-    from iwp import _pool_kernel
+    from iwp.kernels import pc_mmr as _pool_kernel
     from tests.test_pool_kernel import CASES, both_paths, check_token_tables, inputs, same_picks
     _pool_kernel.USE_GRAPHS = False
     _pool_kernel.SORT_CHUNK = _pool_kernel.TOP = 64   # the interpreter's tl.sort is slow; real sizes: compile test

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from iwp.video import VideoError, sample_frames
+from iwp.demo.video import VideoError, sample_frames
 
 
 def write_video(path, n, fps=10.0, size=(64, 48)):

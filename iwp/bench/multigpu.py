@@ -9,7 +9,7 @@ tables show medians, peak memory is per GPU (reset before every run). Without a 
 CPU, the map balanced over virtual devices that all mean "cpu" (the tests use it).
 
     python -m iwp.bench multigpu --model-shape qwen2.5-vl-72b --input image,video32 --json out.json
-                                                          # (python -m iwp.bench_multigpu: the same)
+                                                          # (python -m iwp.bench.multigpu: the same)
     python -m iwp.bench multigpu --small                  # tiny shapes, CPU dry run
     python -m iwp.bench multigpu --report out.json        # print the tables of earlier runs
 """
@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import realsize
-from .bench_models import Probe, build_prompt, configure, timed_generate
+from . import configs as realsize
+from .real_size import Probe, build_prompt, configure, timed_generate
 
 SHAPES = {"qwen2.5-vl-72b": realsize.qwen72b_config, "qwen2.5-vl-7b": realsize.qwen_config}
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -346,7 +346,7 @@ def environment(gpus: list[int], argv: list[str]) -> dict:
 def _prog() -> str:
     """How this run was started: through python -m iwp.bench, or this module directly."""
     direct = Path(sys.argv[0]).stem == "bench_multigpu"
-    return "python -m iwp.bench_multigpu" if direct else "python -m iwp.bench multigpu"
+    return "python -m iwp.bench.multigpu" if direct else "python -m iwp.bench multigpu"
 
 
 def _f(x, fmt: str = "{:.1f}") -> str:

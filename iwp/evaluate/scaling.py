@@ -1,4 +1,4 @@
-"""python -m iwp.eval_scaling: python -m iwp.evaluate in one process vs data-parallel under torchrun.
+"""python -m iwp.evaluate.scaling: python -m iwp.evaluate in one process vs data-parallel under torchrun.
 
 Both runs get the same question set and settings: one process on one GPU (or the CPU), then --nproc processes
 under torchrun (one GPU each; gloo on the CPU). Their JSON outputs must hold identical accuracy rows. Reported:
@@ -6,7 +6,7 @@ each run's wall time (the whole command: start-up, model load, questions) and ev
 only), and the speed-ups. Without --questions, a short calibration run picks a count whose one-process run
 takes about --target-seconds, so that the work, not the start-up, dominates.
 
-    python -m iwp.eval_scaling --nproc 2 --json out.json
+    python -m iwp.evaluate.scaling --nproc 2 --json out.json
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import evaluate
+from . import toy as evaluate
 
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -86,7 +86,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m iwp.eval_scaling", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m iwp.evaluate.scaling", description=__doc__.splitlines()[0])
     p.add_argument("--nproc", type=int, default=max(2, torch.cuda.device_count()))
     p.add_argument("--questions", type=int, default=None, help="default: calibrated to --target-seconds")
     p.add_argument("--target-seconds", type=float, default=45.0, help="aimed one-process evaluate time")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"benchmark": "evaluate-scaling", "methods": args.methods, "ratios": args.ratios,
               "batch_size": args.batch_size, "threads": args.threads, "nproc": args.nproc,
               "gpu_count": torch.cuda.device_count(),     # names: the parent starts no CUDA context
-              "torch": torch.__version__, "command": "python -m iwp.eval_scaling " + " ".join(argv or sys.argv[1:]),
+              "torch": torch.__version__, "command": "python -m iwp.evaluate.scaling " + " ".join(argv or sys.argv[1:]),
               "runs": []}
 
     def save() -> None:

@@ -48,9 +48,9 @@ SHAPES = ("llava-onevision-7b", "qwen2.5-vl-7b")
 
 
 def real_config(shape: str, small: bool = False):
-    """The published architecture of a real-size model as a config (the builders of iwp.realsize); small:
+    """The published architecture of a real-size model as a config (the builders of iwp.bench.configs); small:
     the same shapes at tiny widths."""
-    from . import realsize
+    from . import configs as realsize
     builders = {"llava-onevision-7b": realsize.onevision_config, "qwen2.5-vl-7b": realsize.qwen_config}
     return builders[shape](small=small)
 
@@ -454,7 +454,7 @@ def set_pooling(model, prompt: Prompt, stock: bool = False, repeats: int = 5) ->
     used, the check and both times; None when the input has no video to pool."""
     if family(model) != "llava_onevision":
         return None
-    from .models import llava_onevision as ov
+    from ..models import llava_onevision as ov
     ov.stock_pooling(model)
     if prompt.kwargs.get("pixel_values_videos") is None:
         return None
@@ -475,7 +475,7 @@ def set_vision_hidden_states(model, stock: bool = False) -> str | None:
     Returns what ran ("selected layer" / "transformers' own"); None for other families."""
     if family(model) != "llava_onevision":
         return None
-    from .models import llava_onevision as ov
+    from ..models import llava_onevision as ov
     ov.all_hidden_states(model)
     return "selected layer" if not stock and ov.lean_hidden_states(model) else "transformers' own"
 
@@ -673,7 +673,7 @@ def run_shape(args: argparse.Namespace, model=None) -> list[dict]:
                 results.append(res)
     finally:
         if family(model) == "llava_onevision":           # the instance leaves as it came
-            from .models.llava_onevision import all_hidden_states, stock_pooling
+            from ..models.llava_onevision import all_hidden_states, stock_pooling
             stock_pooling(model)
             all_hidden_states(model)
     return results

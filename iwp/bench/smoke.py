@@ -2,7 +2,7 @@
 tokens. Shows that apply/generate work, that keep_ratio=1.0 and remove give token-identical greedy output,
 and that pruned generation runs at keep_ratio 0.111.
 
-    PYTHONUNBUFFERED=1 python -m iwp.realsize --out results.json      (GPU; --small runs tiny shapes on CPU)
+    PYTHONUNBUFFERED=1 python -m iwp.bench.smoke --out results.json      (GPU; --small runs tiny shapes on CPU)
 """
 from __future__ import annotations
 
@@ -17,65 +17,9 @@ import transformers
 
 import iwp
 
+from .configs import onevision_config, qwen_config
+
 NEW_TOKENS = 8
-
-
-def onevision_config(small: bool):
-    """llava-hf/llava-onevision-qwen2-7b-ov-hf: SigLIP-so400m/14 at 384 + Qwen2-7B (published config)."""
-    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
-    vc = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
-                            image_size=384, patch_size=14, vision_use_head=False)
-    tc = Qwen2Config(vocab_size=152128, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                     num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
-                     rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
-    if small:
-        vc = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                image_size=384, patch_size=14, vision_use_head=False)
-        tc = Qwen2Config(vocab_size=152128, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768)
-    return LlavaOnevisionConfig(vision_config=vc, text_config=tc, image_token_id=151646, video_token_id=151647,
-                                vision_feature_select_strategy="full", vision_feature_layer=-1,
-                                vision_aspect_ratio="anyres_max_9",
-                                image_grid_pinpoints=[[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)])
-
-
-def _qwen_parts(small: bool) -> tuple[dict, dict, dict]:
-    """Vision config, text config and special token ids of Qwen/Qwen2.5-VL-7B-Instruct (published config)."""
-    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                  fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu", tokens_per_second=2)
-    text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
-    ids = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
-    if small:
-        vision.update(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                      fullatt_block_indexes=[1])
-        text.update(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                    num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                                            "mrope_section": [2, 3, 3]})
-    return vision, text, ids
-
-
-def qwen_config(small: bool):
-    """Qwen/Qwen2.5-VL-7B-Instruct (published config)."""
-    from transformers import Qwen2_5_VLConfig
-    vision, text, ids = _qwen_parts(small)
-    return Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids)
-
-
-def qwen72b_config(small: bool):
-    """Qwen/Qwen2.5-VL-72B-Instruct (published config): Qwen2.5-72B decoder, the 7B's ViT with a wider MLP."""
-    from transformers import Qwen2_5_VLConfig
-    vision, text, ids = _qwen_parts(small)
-    if small:   # a small vocabulary too, so that decoder layers, not embeddings, dominate a device map as at 72B
-        text.update(vocab_size=1024, num_hidden_layers=6, bos_token_id=1016, eos_token_id=1017)
-        ids = dict(image_token_id=1021, video_token_id=1022, vision_start_token_id=1019, vision_end_token_id=1020)
-    else:
-        vision.update(intermediate_size=3456, out_hidden_size=8192)
-        text.update(hidden_size=8192, intermediate_size=29568, num_hidden_layers=80, num_attention_heads=64,
-                    num_key_value_heads=8)
-    return Qwen2_5_VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
 
 
 def prompt_ids(n_visual: int, token_id: int, start: int | None, end: int | None, gen: torch.Generator):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from iwp.video import Clip, VideoError, sample_frames
+from .video import Clip, VideoError, sample_frames
 
 MAX_QUESTION_CHARS = 1000
 MAX_UPLOAD = "50mb"                      # passed to launch(max_file_size=...)

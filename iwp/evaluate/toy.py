@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, patch
-from .toy import scenes
-from .toy.load import DEFAULT_PATH, load, prompt
+from . import distributed
+from .. import patch
+from ..toy import scenes
+from ..toy.load import DEFAULT_PATH, load, prompt
 
 METHODS = ("iwp", "fastv", "divprune", "magnitude", "uniform", "random")
 # The toy decoder has 4 layers; the validation sweep (assets/benchmarks/toy-sweep.json) puts every method at
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
         if world.is_main:
             print(json.dumps(result["chosen"]))
     else:
-        from .selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
+        from ..selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
         iwp_params = {"lam": DEFAULT_LAM, "first_chunk": DEFAULT_FIRST_CHUNK, "growth": DEFAULT_GROWTH, **params}
         result.update({"layer": args.layer, "iwp_params": iwp_params})
         result["results"] = benchmark(model, processor, batches, args.methods, args.ratios, args.layer, iwp_params,

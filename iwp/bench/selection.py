@@ -1,9 +1,5 @@
-"""python -m iwp.bench: speed benchmarks.
-
-  selection  scoring + PC-MMR against token-by-token greedy MMR, Qwen2-7B-shaped heads (this file)
-  models     prefill / decode / memory of real-size models, unpruned vs pruned (iwp/bench_models.py)
-  multigpu   a real-size model split over every GPU, unpruned vs pruned (iwp/bench_multigpu.py)
-"""
+"""python -m iwp.bench selection: scoring + PC-MMR against token-by-token greedy MMR, Qwen2-7B-shaped heads,
+on video-like tokens (structured_tokens)."""
 from __future__ import annotations
 
 import argparse
@@ -16,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from . import _pool_kernel
-from .dual_form import information_duplication, information_magnitude
-from . import mmr
-from .mmr import greedy_mmr, pc_mmr
-from .selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
+from ..kernels import pc_mmr as cuda_kernels
+from ..dual_form import information_duplication, information_magnitude
+from .. import mmr
+from ..mmr import greedy_mmr, pc_mmr
+from ..selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
 
 # (frames, tokens per frame): one LLaVA-1.5 image, a 5-crop anyres image, a 32-frame OneVision video,
 # a 100-frame video
@@ -77,12 +73,12 @@ def _count_steps(run) -> int:
         calls += 1
         return plain(*args)
 
-    mmr._pick_in_pool, fused = counting, _pool_kernel.AVAILABLE
-    _pool_kernel.AVAILABLE = False
+    mmr._pick_in_pool, fused = counting, cuda_kernels.AVAILABLE
+    cuda_kernels.AVAILABLE = False
     try:
         run()
     finally:
-        mmr._pick_in_pool, _pool_kernel.AVAILABLE = plain, fused
+        mmr._pick_in_pool, cuda_kernels.AVAILABLE = plain, fused
     return calls
 
 
@@ -100,23 +96,23 @@ def _first_calls(fn, device: str, calls: int = 2) -> list[float]:
 
 
 def _tuning(spec: str) -> dict:
-    """"bk=32,pick_warps=4" -> {"bk": 32, "pick_warps": 4} (keys of _pool_kernel.TUNING)."""
+    """"bk=32,pick_warps=4" -> {"bk": 32, "pick_warps": 4} (keys of cuda_kernels.TUNING)."""
     out = {}
     for pair in filter(None, spec.split(",")):
         key, value = pair.split("=")
-        if key not in _pool_kernel.TUNING:
-            raise ValueError(f"unknown tuning key {key!r}; choose from {sorted(_pool_kernel.TUNING)}")
+        if key not in cuda_kernels.TUNING:
+            raise ValueError(f"unknown tuning key {key!r}; choose from {sorted(cuda_kernels.TUNING)}")
         out[key] = int(value)
     return out
 
 
 def bench_tunings(run_pc, greedy_picks, device: str, specs: list[str], repeats: int, warmup: int) -> list[dict]:
     """The fused path under other launch shapes: time, and agreement with greedy MMR."""
-    saved = dict(_pool_kernel.TUNING)
+    saved = dict(cuda_kernels.TUNING)
     out = []
     try:
         for spec in specs:
-            _pool_kernel.TUNING = dict(saved, **_tuning(spec))
+            cuda_kernels.TUNING = dict(saved, **_tuning(spec))
             _first_calls(run_pc, device)
             ms, picks = _timed(run_pc, device, repeats, warmup)
             out.append({"tuning": spec, "pc_mmr_ms": round(ms, 3),
@@ -124,7 +120,7 @@ def bench_tunings(run_pc, greedy_picks, device: str, specs: list[str], repeats: 
             print(f"    tuning {spec:40s} {ms:7.3f} ms   same order as greedy {out[-1]['same_order_as_greedy']:.1%}",
                   flush=True)
     finally:
-        _pool_kernel.TUNING = saved
+        cuda_kernels.TUNING = saved
     return out
 
 
@@ -132,7 +128,7 @@ def bench_selection(sizes, device: str, ratio: float, repeats: int, greedy_repea
                     lam: float, first_chunk: int, growth: float, tunings: list[str] = (),
                     tuning_sizes: tuple[int, ...] = (6272,)) -> list[dict]:
     rows = []
-    fused = device.startswith("cuda") and _pool_kernel.AVAILABLE
+    fused = device.startswith("cuda") and cuda_kernels.AVAILABLE
     for n in sizes:
         q, k, v = structured_tokens(n, device=device)
         budget = max(1, round(ratio * n))
@@ -148,16 +144,16 @@ def bench_selection(sizes, device: str, ratio: float, repeats: int, greedy_repea
         steps = _count_steps(run_pc)
         row = {"n": n, "budget": budget, "pc_mmr_ms": round(pc_ms, 3)}
         if fused:                                   # the same algorithm without graphs, and in plain PyTorch
-            _pool_kernel.USE_GRAPHS = False
+            cuda_kernels.USE_GRAPHS = False
             try:
                 eager_ms, eager_picks = _timed(run_pc, device, repeats, warmup)
             finally:
-                _pool_kernel.USE_GRAPHS = True
-            _pool_kernel.AVAILABLE = False
+                cuda_kernels.USE_GRAPHS = True
+            cuda_kernels.AVAILABLE = False
             try:
                 torch_ms, torch_picks = _timed(run_pc, device, greedy_repeats, 1)
             finally:
-                _pool_kernel.AVAILABLE = True
+                cuda_kernels.AVAILABLE = True
             row.update(first_calls_ms=first_ms, pc_mmr_no_graphs_ms=round(eager_ms, 3),
                        pc_mmr_pytorch_ms=round(torch_ms, 3),
                        graphs_equal_no_graphs=bool(torch.equal(pc_picks, eager_picks)),
@@ -194,7 +190,7 @@ def _gpu_slug(device: str) -> str:
     return name.replace(" ", "-")
 
 
-def selection_main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m iwp.bench selection",
                                 description="Scoring + PC-MMR vs token-by-token greedy MMR, Qwen2-7B-shaped heads.")
     p.add_argument("--sizes", type=int, nargs="+", default=[576, 2880, 6272, 20000])
@@ -207,7 +203,7 @@ def selection_main(argv: list[str]) -> int:
     p.add_argument("--first-chunk", type=int, default=DEFAULT_FIRST_CHUNK)
     p.add_argument("--growth", type=float, default=DEFAULT_GROWTH)
     p.add_argument("--tune", nargs="*", default=[], help="launch shapes to compare at N=6272, e.g. bk=32 "
-                   "bk=128,pick_warps=4 (keys of iwp._pool_kernel.TUNING)")
+                   "bk=128,pick_warps=4 (keys of iwp.cuda_kernels.TUNING)")
     p.add_argument("--json", type=Path, help="where to write results (default assets/benchmarks/selection-<gpu>.json)")
     a = p.parse_args(argv)
     rows = bench_selection(a.sizes, a.device, a.ratio, a.repeats, a.greedy_repeats, a.warmup, a.lam,
@@ -216,33 +212,15 @@ def selection_main(argv: list[str]) -> int:
         "benchmark": "selection", "device": torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else platform.processor() or "cpu",
         "torch": torch.__version__, "dtype": "bfloat16", "q_heads": 28, "kv_heads": 4, "head_dim": 128, "text_queries": 32,
         "keep_ratio": a.ratio, "lam": a.lam, "first_chunk": a.first_chunk, "growth": a.growth,
-        "kernels": "Triton, CUDA graphs; key dot products tf32x3, value dot products bf16 (iwp/_pool_kernel.py)",
-        "tuning": _pool_kernel.TUNING,
+        "kernels": "Triton, CUDA graphs; key dot products tf32x3, value dot products bf16 (iwp/cuda_kernels.py)",
+        "tuning": cuda_kernels.TUNING,
         "command": "python -m iwp.bench selection " + " ".join(argv),
         "inputs": "structured_tokens(): video-like frames with flat regions, objects and a shared key offset",
         "timing": f"median of {a.repeats} (PC-MMR) / {a.greedy_repeats} (greedy) runs after warm-up, synchronised",
         "results": rows,
     }
-    path = a.json or Path(__file__).resolve().parent.parent / "assets" / "benchmarks" / f"selection-{_gpu_slug(a.device)}.json"
+    path = a.json or Path(__file__).resolve().parents[2] / "assets" / "benchmarks" / f"selection-{_gpu_slug(a.device)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("selection", "models", "multigpu"):
-        print(__doc__.strip())
-        return 2
-    if argv[0] == "selection":
-        return selection_main(argv[1:])
-    if argv[0] == "multigpu":
-        from . import bench_multigpu
-        return bench_multigpu.main(argv[1:])
-    from . import bench_models
-    return bench_models.main(argv[1:])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,7 +16,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 import iwp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = str(ROOT / "assets" / "toy-lvlm")
 TINY = "tiny"                           # IWP_MODEL=tiny: the random tiny LLaVA of the tests (no files needed)
 

@@ -1,0 +1,1 @@
+"""Speed benchmarks (python -m iwp.bench ...): tools built on the library, never imported by it."""
