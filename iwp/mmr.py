@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .kernels import pc_mmr as _pool_kernel
+from . import kernels                      # constants only: Triton loads when a CUDA run needs it
 from .dual_form import DualFactors, _check_qkv
 
 
@@ -64,7 +64,7 @@ def _check_schedule(first_chunk: int, growth: float) -> None:
         raise ValueError(f"growth must be >= 1, got {growth}")
 
 
-MAX_CHUNK = _pool_kernel.MAX_POOL // 2     # picks per step at most (the pool holds 2c candidates)
+MAX_CHUNK = kernels.MAX_POOL // 2     # picks per step at most (the pool holds 2c candidates)
 
 
 def chunk_sizes(budget: int, first_chunk: int = 1, growth: float = 2.0) -> list[int]:
@@ -96,7 +96,7 @@ def growing_chunks(budget: int, first_chunk: int = 1, growth: float = 2.0) -> li
 def _pick_in_pool(s_pool: Tensor, cand: Tensor, rel: Tensor, red: Tensor, score: Tensor, tau: float,
                   tau_token: int, c: int, penalty: float) -> list[int]:
     """Greedy MMR inside the pool: take the best candidate (lowest token index among ties) while no
-    token outside could beat it; at most c. Returns pool slots in pick order (see _pool_kernel._pick)."""
+    token outside could beat it; at most c. Returns pool slots in pick order (see kernels/pc_mmr.py _pick)."""
     alive = torch.isfinite(score)
     big = torch.iinfo(cand.dtype).max
     chosen: list[int] = []
@@ -150,7 +150,7 @@ def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
     step bounds them all. Every pick is therefore greedy MMR's pick, in greedy's order; chunking only
     decides how many picks share one step. Redundancy is then updated with one [N x picks] block of S;
     the [N x N] matrix is never built. On CUDA with Triton, steps run as fused kernels replayed as CUDA
-    graphs (iwp/_pool_kernel.py).
+    graphs (iwp/kernels/pc_mmr.py).
     """
     budget = _check_budget(m, budget)
     _check_lam(lam)
@@ -163,6 +163,6 @@ def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
         return torch.empty(0, dtype=torch.long, device=m.device)
     relevance, penalty = _relevance(m, lam), 1.0 - lam
     chunks = growing_chunks(budget, first_chunk, growth)
-    if m.device.type == "cuda" and _pool_kernel.AVAILABLE and n < _pool_kernel.MAX_TOKENS:
-        return _pool_kernel.pc_mmr(relevance, k, v, budget, penalty, chunks)
+    if m.device.type == "cuda" and n < kernels.MAX_TOKENS and kernels.cuda_pc_mmr().AVAILABLE:
+        return kernels.cuda_pc_mmr().pc_mmr(relevance, k, v, budget, penalty, chunks)
     return _pc_mmr_torch(relevance, DualFactors(k, v), budget, penalty, chunks)

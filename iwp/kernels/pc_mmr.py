@@ -38,10 +38,8 @@ except ImportError:                                   # CPU machines: the PyTorc
     triton = None
 
 AVAILABLE = triton is not None
-MAX_POOL = 254           # candidates per step at most: larger pools cost more than the steps they save
+from . import MAX_POOL, MAX_TOKENS, SORT_CHUNK   # noqa: E402  (shared with iwp.mmr, which imports no Triton)
 TOP = 256                # the step's best tokens the top kernels keep (the pool and the best outside it)
-SORT_CHUNK = 2048        # tokens each program of _top_chunks sorts
-MAX_TOKENS = 32 * SORT_CHUNK   # _top_merge sorts TOP keys of every chunk in one program
 MAX_RUNS = 4             # input shapes whose buffers and graphs are kept
 USE_GRAPHS = os.environ.get("IWP_CUDA_GRAPHS", "1") != "0"
 # Launch shapes (measured on an H100 with python -m iwp.bench selection --tune ...): the kernels are
