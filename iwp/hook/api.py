@@ -30,7 +30,7 @@ from ..selection import Selection, TokenGroup, categorize, covering
 from ..selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM, SELECTORS
 from .cut import decode_mask, make_cut, prefill_mask, take, take_ids
 from .scoring import select_tokens
-from .state import ATTR, DEFAULT_LAYER, Cut, HostCopy, Settings, State
+from .state import ATTR, DEFAULT_LAYER, Cut, HostCopy, Record, Settings, State
 
 
 def apply(model: nn.Module, keep_ratio: float = 0.25, method: str = "iwp", layer: int = DEFAULT_LAYER,
@@ -121,7 +121,7 @@ def last_selection(model: nn.Module, image_sizes: list[tuple[int, int]] | None =
     state = getattr(model, ATTR, None)
     if state is None or state.record is None:
         return None
-    rec, out, sizes = state.record, [], list(image_sizes or [])
+    rec, out, sizes = state.record.resolved(), [], list(image_sizes or [])
     for b, groups in enumerate(rec.groups):
         tgs = []
         for g, picks, inp in groups:
@@ -214,10 +214,15 @@ def _on_layer(state: State, i: int, module, args, kwargs):
     prefill = state.call.get("prefill", True)
     if i == K and prefill:
         state.release()
+        ctx, pos = state.prefill(), kwargs["position_embeddings"]
+        if state.settings.keep_ratio >= 1.0:           # nothing is cut: score only if a Selection is asked for
+            state.record = Record(state.settings, step=state.step,
+                                  make=lambda: _no_grad(select_tokens, ctx, module, hidden, pos)[1])
+            return None
         with torch.no_grad():
-            keep = select_tokens(state, module, hidden, kwargs)
+            keep, state.record = select_tokens(ctx, module, hidden, pos)
         if keep is None:
-            return None                                # nothing to cut (keep_ratio 1.0 scores but never slices)
+            return None                                # a text-only prefill: nothing to cut
         state.cut = make_cut(keep, state.call["input_ids"].shape[1], state.step, short_cache_masks=K == 0,
                              padded=state.call["host"].get()[1] is not None)
     cut = state.cut
@@ -242,6 +247,11 @@ def _on_layer(state: State, i: int, module, args, kwargs):
         kwargs["attention_mask"] = _memo(cut, state.step, kwargs.get("attention_mask"),
                                          lambda m: decode_mask(m, cut, hidden, cache, i, state))
     return args, kwargs
+
+
+def _no_grad(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
 
 
 def _memo(cut: Cut, step: int, mask, fn):
