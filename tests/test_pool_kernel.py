@@ -51,31 +51,51 @@ def check_token_tables(k, v):
     torch.testing.assert_close(run.scale[..., None] * v.float(), factors.u, rtol=1e-5, atol=1e-6)
 
 
-def both_paths(q, k, v, budget, first_chunk, growth):
+def both_paths(q, k, v, budget, first_chunk, growth, steps=False):
+    """(PyTorch path's picks, the kernels' picks of three runs: eager, then graphs); with steps=True,
+    each is a (picks, steps as a list) pair."""
     m = information_magnitude(q, k, v)
     factors, rel = DualFactors(k, v), mmr._relevance(m, 0.5)
     chunks = mmr.growing_chunks(budget, first_chunk, growth)
     reference = mmr._pc_mmr_torch(rel, factors, budget, 0.5, chunks)
-    fused = [_pool_kernel.pc_mmr(rel, k, v, budget, 0.5, chunks) for _ in range(3)]   # eager, then graphs
-    return reference, fused
+    fused = [_pool_kernel.pc_mmr(rel, k, v, budget, 0.5, chunks) for _ in range(3)]
+    if steps:
+        return ((reference[0], reference[1].tolist()),
+                [(picks, mmr.Steps(counts, budget).tolist()) for picks, counts in fused])
+    return reference[0], [picks for picks, _ in fused]
+
+
+def check_steps(steps, reference_steps, budget, first_chunk, growth, run_steps):
+    """The kernels' steps: the PyTorch path's, as far as the run's fixed steps go; _finish then takes one
+    pick a step."""
+    caps = mmr.growing_chunks(budget, first_chunk, growth)
+    assert sum(steps) == budget and steps[0] == 1
+    assert all(s <= caps[min(i, len(caps) - 1)] for i, s in enumerate(steps))
+    assert steps[:run_steps] == reference_steps[:run_steps], (steps, reference_steps)
+    assert all(s == 1 for s in steps[run_steps:])
 
 
 INTERPRETED = textwrap.dedent("""
     import torch
     from iwp.kernels import pc_mmr as _pool_kernel
-    from tests.test_pool_kernel import CASES, both_paths, check_token_tables, inputs, same_picks
+    from iwp.mmr import growing_chunks
+    from tests.test_pool_kernel import CASES, both_paths, check_steps, check_token_tables, inputs, same_picks
     _pool_kernel.USE_GRAPHS = False
     _pool_kernel.SORT_CHUNK = _pool_kernel.TOP = 64   # the interpreter's tl.sort is slow; real sizes: compile test
     _pool_kernel.TUNING = dict(_pool_kernel.TUNING, extra_steps=3)   # fewer idle steps to interpret
     for n, budget, first, growth, dup in CASES:
         q, k, v = inputs(n, dup, dtype=torch.float32)   # the interpreter's bf16 tl.dot is wrong (Triton 3.6)
         check_token_tables(k, v)
-        reference, fused = both_paths(q, k, v, budget, first, growth)
-        assert same_picks(fused[0], reference, n, dup), (n, budget, first, growth, fused[0].tolist(), reference.tolist())
+        (reference, ref_steps), fused = both_paths(q, k, v, budget, first, growth, steps=True)
+        assert same_picks(fused[0][0], reference, n, dup), (n, budget, first, growth, fused[0][0].tolist(), reference.tolist())
+        check_steps(fused[0][1], ref_steps, budget, first, growth, len(growing_chunks(budget, first, growth)) + 3)
     _pool_kernel.TUNING = dict(_pool_kernel.TUNING, extra_steps=0)   # the steps stop short: _finish completes
     for n, budget, first, growth, dup in CASES[:2]:
-        reference, fused = both_paths(*inputs(n, dup, dtype=torch.float32), budget, first, growth)
-        assert same_picks(fused[0], reference, n, dup), ("finish", n, fused[0].tolist(), reference.tolist())
+        (reference, ref_steps), fused = both_paths(*inputs(n, dup, dtype=torch.float32), budget, first, growth, steps=True)
+        assert same_picks(fused[0][0], reference, n, dup), ("finish", n, fused[0][0].tolist(), reference.tolist())
+        run_steps = len(growing_chunks(budget, first, growth))
+        assert len(ref_steps) > run_steps, "the case must leave picks to _finish"
+        check_steps(fused[0][1], ref_steps, budget, first, growth, run_steps)
     print("ok")
 """)
 
@@ -105,7 +125,7 @@ def test_kernels_compile_for_hopper():
         (_pool_kernel._pool_block, dict(tables, order_ptr="*i64", state_ptr="*i32", out_ptr=f, N=i, inv_sqrt_d="fp32",
                                         budget=i, chunk=i, pool_cap=i), shapes),
         (_pool_kernel._pick, dict(pool_ptr=f, top_ptr=f, order_ptr="*i64", rel_ptr=f, red_ptr=f, taken_ptr="*i8",
-                                  picks_ptr="*i64", state_ptr="*i32", N=i, budget=i, chunk=i, pool_cap=i,
+                                  picks_ptr="*i64", state_ptr="*i32", counts_ptr="*i32", N=i, budget=i, chunk=i, pool_cap=i,
                                   penalty="fp32"), {"BLOCK": 256}),
         (_pool_kernel._update, dict(tables, picks_ptr="*i64", state_ptr="*i32", rel_ptr=f, red_ptr=f, taken_ptr="*i8",
                                     score_ptr=f, N=i, inv_sqrt_d="fp32", penalty="fp32"), dict(shapes, BM=64, BN=64)),
