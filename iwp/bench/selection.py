@@ -190,7 +190,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--first-chunk", type=int, default=DEFAULT_FIRST_CHUNK)
     p.add_argument("--growth", type=float, default=DEFAULT_GROWTH)
     p.add_argument("--tune", nargs="*", default=[], help="launch shapes to compare at N=6272, e.g. bk=32 "
-                   "bk=128,pick_warps=4 (keys of iwp.cuda_kernels.TUNING)")
+                   "bk=128,pick_warps=4 (keys of iwp.kernels.pc_mmr.TUNING)")
     p.add_argument("--json", type=Path, help="where to write results (default assets/benchmarks/selection-<gpu>.json)")
     a = p.parse_args(argv)
     rows = bench_selection(a.sizes, a.device, a.ratio, a.repeats, a.greedy_repeats, a.warmup, a.lam,
@@ -199,7 +199,7 @@ def main(argv: list[str]) -> int:
         "benchmark": "selection", "device": torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else platform.processor() or "cpu",
         "torch": torch.__version__, "dtype": "bfloat16", "q_heads": 28, "kv_heads": 4, "head_dim": 128, "text_queries": 32,
         "keep_ratio": a.ratio, "lam": a.lam, "first_chunk": a.first_chunk, "growth": a.growth,
-        "kernels": "Triton, CUDA graphs; key dot products tf32x3, value dot products bf16 (iwp/cuda_kernels.py)",
+        "kernels": "Triton, CUDA graphs; key dot products tf32x3, value dot products bf16 (iwp/kernels/pc_mmr.py)",
         "tuning": cuda_kernels.TUNING,
         "command": "python -m iwp.bench selection " + " ".join(argv),
         "inputs": "structured_tokens(): video-like frames with flat regions, objects and a shared key offset",
