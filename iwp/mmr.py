@@ -1,7 +1,8 @@
 """Selection by maximal marginal relevance: greedy (reference) and progressive chunked (method.md 4).
 
 MMR score: lam * m_i / max(m) - (1 - lam) * red_i, where red_i is 0 before the first pick and the
-largest S_ij over picked j afterwards. Both functions return picked indices in pick order.
+largest S_ij over picked j afterwards. Both functions return picked indices in pick order;
+pc_mmr_steps also says how many picks each PC-MMR step took.
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def _check_schedule(first_chunk: int, growth: float) -> None:
 MAX_CHUNK = _pool_kernel.MAX_POOL // 2     # picks per step at most (the pool holds 2c candidates)
 
 
-def growing_chunks(budget: int, first_chunk: int = 1, growth: float = 2.0) -> list[int]:
+def step_caps(budget: int, first_chunk: int = 1, growth: float = 2.0) -> list[int]:
     """Each PC-MMR step's cap (the most picks it may take) until the caps stop growing (the last one then
     repeats): 1 for the first step, then first_chunk, times growth each step, capped by budget and MAX_CHUNK."""
     _check_schedule(first_chunk, growth)
@@ -146,7 +147,7 @@ def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
            first_chunk: int = 1, growth: float = 2.0) -> Tensor:
     """Progressive chunked MMR: greedy MMR's picks, in greedy's order, taken several per step.
 
-    Step caps (growing_chunks): the first step takes exactly one pick (before it nothing is picked and
+    Step caps (step_caps): the first step takes exactly one pick (before it nothing is picked and
     redundancy is 0; after it, it is a max of S, which may be negative, so scores could rise: no bound
     holds across that first pick). The next step takes at most first_chunk picks, each later step growth
     times more, up to MAX_CHUNK. A step with cap c ranks all tokens by MMR score and takes its pool, the
@@ -175,7 +176,7 @@ def pc_mmr_steps(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
     if budget == 0:
         return torch.empty(0, dtype=torch.long, device=m.device), Steps(torch.empty(0, dtype=torch.int32), 0)
     relevance, penalty = _relevance(m, lam), 1.0 - lam
-    chunks = growing_chunks(budget, first_chunk, growth)
+    chunks = step_caps(budget, first_chunk, growth)
     if m.device.type == "cuda" and _pool_kernel.AVAILABLE and n < _pool_kernel.MAX_TOKENS:
         picks, counts = _pool_kernel.pc_mmr(relevance, k, v, budget, penalty, chunks)
         return picks, Steps(counts, budget)

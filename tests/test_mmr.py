@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from iwp.dual_form import information_duplication, information_magnitude
-from iwp.mmr import MAX_CHUNK, greedy_mmr, growing_chunks, pc_mmr, pc_mmr_steps
+from iwp.mmr import MAX_CHUNK, greedy_mmr, step_caps, pc_mmr, pc_mmr_steps
 
 
 def mmr_reference(m, S, budget, lam):
@@ -108,7 +108,7 @@ def test_pc_mmr_steps_are_the_run_s_own(budget, first_chunk, growth):
     q, k, v = clustered_tokens(n=400, clusters=120, seed=5)
     m = information_magnitude(q, k, v)
     picks, steps = pc_mmr_steps(m, k, v, budget, first_chunk=first_chunk, growth=growth)
-    caps = growing_chunks(budget, first_chunk, growth)
+    caps = step_caps(budget, first_chunk, growth)
     check_steps(steps.tolist(), budget, caps)
     assert steps.tolist()[1] <= first_chunk                     # first_chunk caps the step after the first pick
     assert torch.equal(picks, pc_mmr(m, k, v, budget, first_chunk=first_chunk, growth=growth))
@@ -117,7 +117,7 @@ def test_pc_mmr_steps_are_the_run_s_own(budget, first_chunk, growth):
 def test_steps_stop_short_of_their_cap_when_an_outside_token_could_win():
     q, k, v = clustered_tokens(n=400, clusters=10, seed=3)
     steps = pc_mmr_steps(information_magnitude(q, k, v), k, v, 60, first_chunk=8, growth=2.0)[1].tolist()
-    caps = growing_chunks(60, 8, 2.0)
+    caps = step_caps(60, 8, 2.0)
     assert any(s < caps[min(i, len(caps) - 1)] for i, s in enumerate(steps[:-1]))   # not the schedule
 
 
@@ -132,13 +132,13 @@ def test_pc_mmr_is_greedy_with_exact_ties_and_no_outside_tokens():
 
 def test_chunk_schedule():
     # one pick first, then first_chunk, times growth, up to the budget and MAX_CHUNK (the last cap repeats)
-    assert growing_chunks(10, 1, 2.0) == [1, 1, 2, 4, 8, 10]
-    assert growing_chunks(10, 3, 2.0) == [1, 3, 6, 10]
-    assert growing_chunks(5, 1, 1.0) == [1, 1]
-    assert growing_chunks(20, 4, 1.0) == [1, 4]
-    assert growing_chunks(3, 8, 2.0) == [1, 3]
-    assert growing_chunks(1, 8, 2.0) == [1, 1]
-    assert growing_chunks(10**6, 64, 2.0) == [1, 64, MAX_CHUNK]
+    assert step_caps(10, 1, 2.0) == [1, 1, 2, 4, 8, 10]
+    assert step_caps(10, 3, 2.0) == [1, 3, 6, 10]
+    assert step_caps(5, 1, 1.0) == [1, 1]
+    assert step_caps(20, 4, 1.0) == [1, 4]
+    assert step_caps(3, 8, 2.0) == [1, 3]
+    assert step_caps(1, 8, 2.0) == [1, 1]
+    assert step_caps(10**6, 64, 2.0) == [1, 64, MAX_CHUNK]
 
 
 @pytest.mark.parametrize("fn", ["greedy", "pc"])

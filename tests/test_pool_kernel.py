@@ -55,7 +55,7 @@ def both_paths(q, k, v, budget, first_chunk, growth):
     """The PyTorch path's run and the kernels' three runs (eager, then graphs), each as (picks, steps)."""
     m = information_magnitude(q, k, v)
     factors, rel = DualFactors(k, v), mmr._relevance(m, 0.5)
-    chunks = mmr.growing_chunks(budget, first_chunk, growth)
+    chunks = mmr.step_caps(budget, first_chunk, growth)
     reference = mmr._pc_mmr_torch(rel, factors, budget, 0.5, chunks)
     fused = [_pool_kernel.pc_mmr(rel, k, v, budget, 0.5, chunks) for _ in range(3)]
     return ((reference[0], reference[1].tolist()),
@@ -66,7 +66,7 @@ def check_steps(steps, budget, first_chunk, growth, reference=None, fixed=None):
     """Steps sum to the budget, the first takes one pick, none exceeds its cap; with a reference (the
     PyTorch path's steps): the same steps as far as the kernels' fixed steps go (fixed of them), then
     _finish's, one pick each."""
-    caps = mmr.growing_chunks(budget, first_chunk, growth)
+    caps = mmr.step_caps(budget, first_chunk, growth)
     assert sum(steps) == budget and steps[0] == 1, steps
     assert all(s <= caps[min(i, len(caps) - 1)] for i, s in enumerate(steps)), (steps, caps)
     if reference is not None:
@@ -77,7 +77,7 @@ def check_steps(steps, budget, first_chunk, growth, reference=None, fixed=None):
 INTERPRETED = textwrap.dedent("""
     import torch
     from iwp.kernels import pc_mmr as _pool_kernel
-    from iwp.mmr import growing_chunks
+    from iwp.mmr import step_caps
     from tests.test_pool_kernel import CASES, both_paths, check_steps, check_token_tables, inputs, same_picks
     _pool_kernel.USE_GRAPHS = False
     _pool_kernel.SORT_CHUNK = _pool_kernel.TOP = 64   # the interpreter's tl.sort is slow; real sizes: compile test
@@ -87,13 +87,13 @@ INTERPRETED = textwrap.dedent("""
         check_token_tables(k, v)
         (reference, ref_steps), fused = both_paths(q, k, v, budget, first, growth)
         assert same_picks(fused[0][0], reference, n, dup), (n, budget, first, growth, fused[0][0].tolist(), reference.tolist())
-        fixed = len(growing_chunks(budget, first, growth)) + _pool_kernel.TUNING["extra_steps"]
+        fixed = len(step_caps(budget, first, growth)) + _pool_kernel.TUNING["extra_steps"]
         check_steps(fused[0][1], budget, first, growth, ref_steps, fixed)
     _pool_kernel.TUNING = dict(_pool_kernel.TUNING, extra_steps=0)   # the steps stop short: _finish completes
     for n, budget, first, growth, dup in CASES[:2]:
         (reference, ref_steps), fused = both_paths(*inputs(n, dup, dtype=torch.float32), budget, first, growth)
         assert same_picks(fused[0][0], reference, n, dup), ("finish", n, fused[0][0].tolist(), reference.tolist())
-        fixed = len(growing_chunks(budget, first, growth)) + _pool_kernel.TUNING["extra_steps"]
+        fixed = len(step_caps(budget, first, growth)) + _pool_kernel.TUNING["extra_steps"]
         assert len(ref_steps) > fixed, "the case must leave picks to _finish"
         check_steps(fused[0][1], budget, first, growth, ref_steps, fixed)
     print("ok")

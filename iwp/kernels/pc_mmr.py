@@ -135,7 +135,7 @@ if AVAILABLE:
     @triton.jit
     def _step_sizes(state_ptr, n, budget, chunk, pool_cap):
         """(tokens taken so far, chunk size c, pool size P) of this step, read from the device. The
-        schedule's first chunk is 1 (iwp.mmr.growing_chunks): the first pick turns 'no redundancy' into S."""
+        schedule's first chunk is 1 (iwp.mmr.step_caps): the first pick turns 'no redundancy' into S."""
         count = tl.load(state_ptr)
         c = tl.minimum(chunk, budget - count)
         pool = tl.minimum(tl.minimum(2 * c, n - count), pool_cap)
@@ -301,7 +301,7 @@ if AVAILABLE:
 class _Run:
     """Device buffers of one input shape, and the CUDA graph that replays a whole run."""
     budget: int
-    chunks: list[int]          # each step's cap until the caps stop growing (iwp.mmr.growing_chunks)
+    chunks: list[int]          # each step's cap until the caps stop growing (iwp.mmr.step_caps)
     penalty: float
     k: torch.Tensor            # [H, N, dk] keys after RoPE, as the model gave them
     v: torch.Tensor            # [H, N, dv]
@@ -404,7 +404,7 @@ _RUNS: dict[tuple, _Run] = {}
 def pc_mmr(relevance: torch.Tensor, k: torch.Tensor, v: torch.Tensor, budget: int, penalty: float,
            chunks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(picks in pick order, picks each step took) as iwp.mmr's PyTorch path, both left on the GPU. k [H, N,
-    dk] (after RoPE) and v [H, N, dv] in the model's dtype; chunks: iwp.mmr.growing_chunks. The counts
+    dk] (after RoPE) and v [H, N, dv] in the model's dtype; chunks: iwp.mmr.step_caps. The counts
     miss what _finish picked (one token a step): iwp.mmr.Steps adds those."""
     key = (relevance.device, budget, tuple(k.shape), k.dtype, tuple(v.shape), v.dtype, penalty, tuple(chunks),
            tuple(TUNING.items()))
