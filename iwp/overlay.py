@@ -204,7 +204,8 @@ def frame_groups(selection: Selection, n_frames: int) -> list[tuple[TokenGroup, 
 
 
 def subgroup(group: TokenGroup, tokens: list[int]) -> TokenGroup:
-    """The tokens of one frame as a group of their own (kept order preserved)."""
+    """The tokens of one frame as a group of their own (kept order preserved; no steps: a run's steps
+    span every frame)."""
     where = {t: i for i, t in enumerate(tokens)}
     return TokenGroup(kind=group.kind, index=group.index, positions=[group.positions[t] for t in tokens],
                       kept=[where[t] for t in group.kept if t in where],
