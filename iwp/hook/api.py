@@ -136,7 +136,7 @@ def last_selection(model: nn.Module, image_sizes: list[tuple[int, int]] | None =
                 magnitude=[round(x, 8) for x in mag.tolist()], cover=cover, cover_similarity=sim,
                 categories=categorize(mag, picks), boxes=[tuple(x) if x is not None else None for x in boxes],
                 frames=frames, image_size=tuple(image_size) if image_size is not None else None,
-                budget=picks.numel()))
+                budget=picks.numel(), steps=inp.steps.tolist() if inp.steps is not None else None))
         out.append(Selection(groups=tgs, layer=rec.settings.layer, method=rec.settings.method,
                              keep_ratio=rec.settings.keep_ratio, params=dict(rec.settings.params),
                              seconds=rec.seconds(b), batch_index=b))
