@@ -210,8 +210,10 @@ def _on_layer(state: State, i: int, module, args, kwargs):
     K = state.settings.layer
     if i < K:
         return None
-    hidden = compat.hidden_states(args, kwargs)
     prefill = state.call.get("prefill", True)
+    if not prefill and (state.cut is None or _nothing_to_cut(state.cut, kwargs.get("attention_mask"))):
+        return None                                    # decoding: the common case costs one check per layer
+    hidden = compat.hidden_states(args, kwargs)
     if i == K and prefill:
         state.release()
         ctx, pos = state.prefill(), kwargs["position_embeddings"]
@@ -247,6 +249,12 @@ def _on_layer(state: State, i: int, module, args, kwargs):
         kwargs["attention_mask"] = _memo(cut, state.step, kwargs.get("attention_mask"),
                                          lambda m: decode_mask(m, cut, hidden, cache, i, state))
     return args, kwargs
+
+
+def _nothing_to_cut(cut: Cut, mask) -> bool:
+    """A decoding step whose mask needs no cut: no mask at all (sdpa / flash without padding), no dummies
+    to hide, and the model sized nothing by the short cache."""
+    return mask is None and not cut.dummies and not cut.short_cache_masks
 
 
 def _no_grad(fn, *args):
