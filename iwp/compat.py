@@ -133,3 +133,17 @@ def select_best_resolution(size: tuple[int, int], pinpoints):
     """transformers.image_processing_utils.select_best_resolution, the anyres grid choice (5.17-5.24)."""
     from transformers.image_processing_utils import select_best_resolution as best
     return best(size, pinpoints)
+
+
+# ------------------------------------------------------------------------------------- Qwen3-VL DeepStack
+# Qwen3VLTextModel._deepstack_process(hidden_states, visual_pos_masks, visual_embeds) adds DeepStack features
+# at the visual positions after each of the first decoder layers; the hook wraps it on the instance.
+# Checked 5.17.0 and 5.24.0.
+DEEPSTACK_PROCESS = "_deepstack_process"
+
+
+def deepstack_process(lm: nn.Module):
+    fn = getattr(lm, DEEPSTACK_PROCESS, None)
+    if fn is None:
+        raise unsupported(f"{type(lm).__name__} has no {DEEPSTACK_PROCESS} (Qwen3-VL's DeepStack)")
+    return fn
