@@ -5,6 +5,8 @@ from .selection import CATEGORIES, Selection, TokenGroup
 from .selectors import SELECTORS, select
 from . import models
 from .patch import apply, last_selection, pruning, remove
+from .vision_speed import accelerate_vision, stock_vision
 
 __all__ = ["dual_form", "mmr", "SelectorInput", "Selection", "TokenGroup", "CATEGORIES", "SELECTORS", "select"]
 __all__ += ["models", "apply", "remove", "pruning", "last_selection"]
+__all__ += ["accelerate_vision", "stock_vision"]
