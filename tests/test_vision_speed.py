@@ -206,3 +206,13 @@ def test_skip_leaves_a_part_out():
     from types import SimpleNamespace
     fake = SimpleNamespace(config=SimpleNamespace(model_type="llava_onevision"))
     assert vision_speed.vision_parts(fake) == ["channels_last_pooling", "lean_hidden_states"]
+
+
+@pytest.mark.parametrize("off", [False, True])
+def test_the_demo_loads_models_with_accelerate_vision(monkeypatch, off):
+    from iwp.demo import runner
+    seen = []
+    monkeypatch.setattr(iwp, "accelerate_vision", lambda model: seen.append(model))
+    monkeypatch.setenv("IWP_STOCK_VISION", "1" if off else "0")
+    model, _, _ = runner.load_model(runner.TINY)
+    assert seen == ([] if off else [model])
