@@ -216,3 +216,13 @@ def test_the_demo_loads_models_with_accelerate_vision(monkeypatch, off):
     monkeypatch.setenv("IWP_STOCK_VISION", "1" if off else "0")
     model, _, _ = runner.load_model(runner.TINY)
     assert seen == ([] if off else [model])
+
+
+def test_vision_bench_checks_bitwise_and_times(tiny):
+    from iwp.bench import vision as bench_vision
+    model, _ = tiny("qwen2_5_vl")
+    res = bench_vision.check_input(model, [(1, 8, 12), (2, 6, 10)], repeats=2, profile_rows=3)
+    assert res["bitwise_equal"] is True and res["max_abs_diff"] == 0.0
+    assert res["report"]["applied"] == ["batched_vision_attention"] and res["tokens"] == (96 + 120) // 4
+    assert len(res["samples_ms"]["stock"]) == len(res["samples_ms"]["accelerated"]) == 2 and res["speedup"] > 0
+    assert "Name" in res["profile"] and vision_speed.applied_parts(model) == []     # left unpatched
