@@ -41,7 +41,8 @@ _ATTR = "_iwp_vision"                # on the model: {part: undo}, present while
 
 
 # ============================================================================================================
-# transformers internals relied on (checked on transformers 5.17.0 and 5.24.0; torch 2.11 GPU, 2.13 CPU)
+# transformers internals relied on (checked on transformers 5.17.0 and 5.24.0 with torch 2.13 on CPU; the GPU
+# check, torch 2.11 on an H200, is python -m iwp.bench vision / scripts/gpu_vision.sh)
 #
 # Qwen2.5-VL (transformers.models.qwen2_5_vl.modeling_qwen2_5_vl):
 #   - model.model.visual.blocks[i].attn is a Qwen2_5_VLVisionAttention with .qkv, .proj, .num_heads,
@@ -81,6 +82,26 @@ def _fingerprint(fn) -> str | None:
 def _qwen25_modeling():
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
     return modeling_qwen2_5_vl
+
+
+def _qwen25_attentions(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """(vision transformer, the attention module of each of its blocks)."""
+    visual = model.model.visual
+    return visual, [blk.attn for blk in visual.blocks]
+
+
+def _ov_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, object]:
+    """(LlavaOnevisionModel, its vision tower, the vision_feature_layer it reads)."""
+    return model.model, model.model.vision_tower, model.config.vision_feature_layer
+
+
+def _ov_reads_every_layer(base: nn.Module) -> bool:
+    """Whether get_image_features / get_video_features ask the tower for every layer's hidden states (5.17)."""
+    readers = [getattr(type(base), a, None) for a in ("get_image_features", "get_video_features")]
+    try:
+        return any(f is not None and "output_hidden_states=True" in inspect.getsource(f) for f in readers)
+    except (OSError, TypeError):                      # no source to read: not proven, not applied
+        return False
 
 
 # ============================================================================================================
@@ -140,8 +161,7 @@ def _model_type(model: nn.Module) -> str | None:
 
 def _qwen25_batched_attention(model: nn.Module):
     """Patch every vision block's attention of this instance; returns the undo, or the reason it cannot."""
-    visual = model.model.visual
-    attns = [blk.attn for blk in visual.blocks]
+    visual, attns = _qwen25_attentions(model)
     impl = visual.config._attn_implementation
     if impl in _VARLEN_IMPLEMENTATIONS or (impl or "").startswith("flash"):
         return f"attention {impl!r} already runs all chunks in one varlen call"
@@ -235,7 +255,7 @@ def _batched_attention_forward(self, hidden_states: Tensor, cu_seqlens: Tensor,
 # ------------------------------------------------------------------------------------------- LLaVA-OneVision
 
 def _ov_channels_last_pooling(model: nn.Module):
-    base = model.model
+    base = _ov_parts(model)[0]
     fp = _fingerprint(type(base).apply_pooling)
     if fp not in _OV_POOLING_SOURCES:
         import transformers
@@ -268,14 +288,11 @@ def _ov_lean_hidden_states(model: nn.Module):
     (output_hidden_states=True) to read one (vision_feature_layer); for a 32-frame video that keeps 26 layers x
     23k tokens x 1152 (1.4 GB in bf16) alive through the encoder, the peak of the whole generate(). The tower's
     own output capture takes a list of layers instead. Same values."""
-    base = model.model
-    tower, layer = base.vision_tower, model.config.vision_feature_layer
+    base, tower, layer = _ov_parts(model)
     n = tower.config.num_hidden_layers
     if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < 0:
         return f"vision_feature_layer {layer!r} is not one negative layer index"
-    readers = [getattr(type(base), a, None) for a in ("get_image_features", "get_video_features")]
-    sources = [inspect.getsource(f) if f is not None else "" for f in readers]
-    if not any("output_hidden_states=True" in s for s in sources):
+    if not _ov_reads_every_layer(base):
         return "this transformers version asks the vision tower for the one layer it reads"
     stock = tower.forward
 

@@ -177,9 +177,10 @@ def test_run_shape_checks_and_applies_the_channels_last_pooling(tmp_path, stock)
     assert ("video pooling: channels-last" in bench_models.markdown([res])) is (not stock)
     assert {r["method"] for r in res["runs"]} == {"none", "random"}
     vision = res["vision_speed"]
-    assert vision["accelerate_vision"] and vision["bitwise_equal"] and vision["stock_ms"] > 0
-    assert vision["applied"] == (["lean_hidden_states"] if stock else ["channels_last_pooling", "lean_hidden_states"])
-    assert res["vision_hidden_states"] == "selected layer"
+    assert vision["accelerate_vision"] is bool(vision["applied"]) and vision["bitwise_equal"] in (True, None)
+    lean = vision_speed._ov_reads_every_layer(model.model)     # transformers 5.17 reads every layer, 5.18+ one
+    assert vision["applied"] == ([] if stock else ["channels_last_pooling"]) + (["lean_hidden_states"] if lean else [])
+    assert res["vision_hidden_states"] == ("selected layer" if lean else "transformers' own")
 
 
 def test_phase_peaks_in_the_table_and_targets():
