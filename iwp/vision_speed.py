@@ -167,6 +167,8 @@ def _qwen25_batched_attention(model: nn.Module):
         return f"attention {impl!r} already runs all chunks in one varlen call"
     if impl not in _EXACT_IMPLEMENTATIONS:
         return f"attention {impl!r}: batching not checked bitwise against it (checked: sdpa, eager)"
+    if any("forward" in vars(a) for a in attns):   # e.g. accelerate's device hooks: never bypass them
+        return "the vision attention's forward is already replaced on this instance (accelerate hooks?)"
     cls = type(attns[0])
     fp = _fingerprint(cls.forward)
     if fp not in _QWEN25_ATTENTION_SOURCES:
@@ -261,8 +263,7 @@ def _ov_channels_last_pooling(model: nn.Module):
         import transformers
         return (f"{type(base).__name__}.apply_pooling of transformers {transformers.__version__} is not the one "
                 f"checked (transformers {', '.join(_OV_POOLING_SOURCES.values())}; fingerprint {fp})")
-    base.apply_pooling = types.MethodType(apply_pooling_channels_last, base)
-    return lambda: vars(base).pop("apply_pooling", None)
+    return _set(base, "apply_pooling", types.MethodType(apply_pooling_channels_last, base))
 
 
 def apply_pooling_channels_last(self, image_features: Tensor) -> Tensor:
@@ -302,8 +303,20 @@ def _ov_lean_hidden_states(model: nn.Module):
             kwargs["output_hidden_states"] = [n + layer]   # layer outputs only: [-1] is still the last
         return stock(*args, **kwargs)
 
-    tower.forward = forward
-    return lambda: vars(tower).pop("forward", None)
+    return _set(tower, "forward", forward)        # over accelerate's hooked forward, if any: it still runs
+
+
+def _set(obj, name: str, value):
+    """Set an instance attribute; returns the undo, which puts back exactly what the instance had before."""
+    had, before = name in vars(obj), vars(obj).get(name)
+    setattr(obj, name, value)
+
+    def undo():
+        if had:
+            setattr(obj, name, before)
+        else:
+            vars(obj).pop(name, None)
+    return undo
 
 
 # ------------------------------------------------------------------------------------------------ the table

@@ -226,3 +226,28 @@ def test_vision_bench_checks_bitwise_and_times(tiny):
     assert res["report"]["applied"] == ["batched_vision_attention"] and res["tokens"] == (96 + 120) // 4
     assert len(res["samples_ms"]["stock"]) == len(res["samples_ms"]["accelerated"]) == 2 and res["speedup"] > 0
     assert "Name" in res["profile"] and vision_speed.applied_parts(model) == []     # left unpatched
+
+
+def test_instance_forwards_set_by_others_are_kept(tiny):
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+    model, _ = tiny("qwen2_5_vl")
+    attn = model.model.visual.blocks[0].attn
+    add_hook_to_module(attn, ModelHook())              # as a device map does: an instance forward
+    try:
+        report = iwp.accelerate_vision(model)
+        assert report["applied"] == [] and "already replaced" in report["skipped"]["batched_vision_attention"]
+        assert not any(_forwards(model)[1:])
+    finally:
+        remove_hook_from_module(attn)
+        vars(attn).pop("forward", None)                  # accelerate leaves the old forward on the instance
+    ov, _ = tiny("llava_onevision")
+    tower = ov.model.vision_tower
+    add_hook_to_module(tower, ModelHook())
+    try:
+        hooked = vars(tower)["forward"]
+        iwp.accelerate_vision(ov)
+        iwp.stock_vision(ov)
+        assert vars(tower)["forward"] is hooked          # put back, not dropped
+    finally:
+        remove_hook_from_module(tower)
+        vars(tower).pop("forward", None)
