@@ -6,9 +6,12 @@
 #   3. ov05b / qwen3b: the real small shapes, image + video32: unpatched, IWP keep 1.0, IWP 11.1%, IWP 22.2%
 # accelerate_vision runs in both arms of every bench (recorded in each JSON's "vision_speed").
 # Each step runs under `timeout`, failures do not stop the next; the whole stays under IWP_GPU_VISION_BUDGET
-# seconds (default 470). IWP_GPU_VISION_SMALL=1: tiny widths, few rounds (a CPU dry run).
+# seconds (default 470). IWP_GPU_VISION_STEPS: a comma list of the steps to run (default all:
+# vision,qwen7b,ov05b,qwen3b), e.g. two calls under 6 minutes each. IWP_GPU_VISION_SMALL=1: tiny widths, few
+# rounds (a CPU dry run).
 #
 #   OUT=/tmp/out bash scripts/gpu_vision.sh
+#   OUT=/tmp/out IWP_GPU_VISION_STEPS=vision,qwen7b bash scripts/gpu_vision.sh
 set -u
 OUT=${OUT:?set OUT to the folder for the results}
 mkdir -p "$OUT"
@@ -16,6 +19,7 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
 BUDGET=${IWP_GPU_VISION_BUDGET:-470}
 SMALL=${IWP_GPU_VISION_SMALL:-0}
+STEPS=",${IWP_GPU_VISION_STEPS:-vision,qwen7b,ov05b,qwen3b},"
 START=$(date +%s)
 
 log() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/progress.log"; }
@@ -24,6 +28,7 @@ log() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*" | tee -a "
 step() {
   local name=$1 limit=$2 left rc
   shift 2
+  if [ "$name" != env ] && [[ "$STEPS" != *",$name,"* ]]; then log "skip $name: not in IWP_GPU_VISION_STEPS"; return 0; fi
   [ "$SMALL" = 1 ] && limit=$(( limit * 10 ))          # CPU dry run: same steps, slower machine
   left=$(( BUDGET - ($(date +%s) - START) - 10 ))
   (( limit > left )) && limit=$left
