@@ -11,7 +11,8 @@ every part computes bit for bit what transformers computes, or it is skipped wit
   `cu_seqlens` chunks (about a thousand windows per windowed layer for a 32-frame video; one chunk per frame in
   the full-attention layers), one attention call each. Here the chunks of one length are gathered into one
   [chunks, heads, length, head_dim] batch and attended in one call, then scattered back: the same kernel on the
-  same numbers per chunk. Flash attention is skipped (it already runs varlen in one call).
+  same numbers per chunk. Flash attention is skipped (it already runs varlen in one call), and so is any
+  (implementation, device) pair not checked (_EXACT: sdpa on CPU and CUDA, eager on CPU).
 - llava_onevision, "channels_last_pooling": the video pooling interpolates the channels-last view instead of an
   NCHW copy (46 ms -> 0.26 ms for 32 frames on a GPU); "lean_hidden_states": transformers 5.17 keeps every
   vision layer's hidden states to read one; the tower then keeps only that one (skipped where transformers
@@ -65,7 +66,11 @@ _ATTR = "_iwp_vision"                # on the model: {part: undo}, present while
 
 _QWEN25_ATTENTION_SOURCES = {"ae6fe90b254c7c8e": "5.17.0-5.24.0"}
 _OV_POOLING_SOURCES = {"0e8b89ab0507f28b": "5.17.0-5.24.0"}
-_EXACT_IMPLEMENTATIONS = ("sdpa", "eager")   # batch-of-chunks checked bitwise equal to chunk by chunk
+# (attention implementation, device type) where one call on a batch of equal chunks was checked bitwise equal
+# to one call per chunk: CPU by tests/test_vision_speed.py; CUDA sdpa by python -m iwp.bench vision on an H200
+# (flash / memory-efficient kernels compute each batch entry alone; no split-KV at these lengths). Eager on CUDA
+# is left out: cuBLAS may pick another GEMM kernel for a larger batch.
+_EXACT = {("sdpa", "cpu"), ("eager", "cpu"), ("sdpa", "cuda")}
 _VARLEN_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "kernels")
 
 
@@ -165,8 +170,10 @@ def _qwen25_batched_attention(model: nn.Module):
     impl = visual.config._attn_implementation
     if impl in _VARLEN_IMPLEMENTATIONS or (impl or "").startswith("flash"):
         return f"attention {impl!r} already runs all chunks in one varlen call"
-    if impl not in _EXACT_IMPLEMENTATIONS:
-        return f"attention {impl!r}: batching not checked bitwise against it (checked: sdpa, eager)"
+    device = next(visual.parameters()).device.type
+    if (impl, device) not in _EXACT:
+        return (f"attention {impl!r} on {device}: batching not checked bitwise there "
+                f"(checked: {', '.join(f'{i} on {d}' for i, d in sorted(_EXACT))})")
     if any("forward" in vars(a) for a in attns):   # e.g. accelerate's device hooks: never bypass them
         return "the vision attention's forward is already replaced on this instance (accelerate hooks?)"
     cls = type(attns[0])
@@ -225,7 +232,7 @@ def _batched_attention_forward(self, hidden_states: Tensor, cu_seqlens: Tensor,
                                max_seqlen: int | None = None, *, plans: _Plans, **kwargs) -> Tensor:
     """Qwen2_5_VLVisionAttention.forward (transformers 5.17-5.24) with one attention call per chunk length."""
     impl = self.config._attn_implementation
-    if impl not in _EXACT_IMPLEMENTATIONS:          # switched after patching: transformers' own path
+    if (impl, hidden_states.device.type) not in _EXACT:     # switched or moved after patching: transformers' own
         return type(self).forward(self, hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
     mod = _qwen25_modeling()
     seq_length = hidden_states.shape[0]

@@ -148,6 +148,24 @@ def test_skips_flash_attention_and_unchecked_sources(tiny, monkeypatch):
     assert iwp.accelerate_vision(torch.nn.Linear(2, 2))["applied"] == []          # no family: nothing done
 
 
+def test_only_checked_implementation_and_device_pairs(tiny, monkeypatch):
+    model, _ = tiny("qwen2_5_vl")
+    monkeypatch.setattr(vision_speed, "_EXACT", {("eager", "cpu")})
+    report = iwp.accelerate_vision(model)                 # sdpa on cpu taken out of the table: skipped
+    assert report["applied"] == [] and "'sdpa' on cpu" in report["skipped"]["batched_vision_attention"]
+    monkeypatch.undo()
+    grids = [(1, 8, 12)]
+    stock = _vision(model, grids)
+    iwp.accelerate_vision(model)
+    planned = []
+    monkeypatch.setattr(vision_speed, "_plan", lambda cu: planned.append(cu) or [])
+    try:
+        monkeypatch.setattr(vision_speed, "_EXACT", set())   # e.g. moved to a device not checked, after patching
+        assert all(torch.equal(a, b) for a, b in zip(stock, _vision(model, grids))) and planned == []
+    finally:
+        iwp.stock_vision(model)
+
+
 # ---------------------------------------------------------------------------------------------- OneVision
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
