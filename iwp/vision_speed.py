@@ -136,7 +136,10 @@ def accelerate_vision(model: nn.Module, skip: tuple[str, ...] | list[str] = ()) 
         if name in done:
             report["applied"].append(name)
             continue
-        outcome = part(model)
+        try:
+            outcome = part(model)
+        except AttributeError as e:                 # e.g. the base model passed, not ...ForConditionalGeneration
+            outcome = f"module layout not the one checked: {e}"
         if isinstance(outcome, str):
             report["skipped"][name] = outcome
         else:

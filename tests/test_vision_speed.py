@@ -146,6 +146,8 @@ def test_skips_flash_attention_and_unchecked_sources(tiny, monkeypatch):
     assert report["applied"] == [] and "not the one checked" in report["skipped"]["batched_vision_attention"]
     assert not any(_forwards(model)) and not hasattr(model, "_iwp_vision")
     assert iwp.accelerate_vision(torch.nn.Linear(2, 2))["applied"] == []          # no family: nothing done
+    report = iwp.accelerate_vision(model.model)            # the base model: not the layout checked
+    assert report["applied"] == [] and "layout" in report["skipped"]["batched_vision_attention"]
 
 
 def test_only_checked_implementation_and_device_pairs(tiny, monkeypatch):
