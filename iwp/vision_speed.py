@@ -131,6 +131,8 @@ def accelerate_vision(model: nn.Module, skip: tuple[str, ...] | list[str] = ()) 
     report = {"applied": [], "skipped": {}}
     for name, part in parts:
         if name in skip:
+            if name in done:                        # applied by an earlier call: left out now
+                done.pop(name)()
             report["skipped"][name] = "skipped on request"
             continue
         if name in done:
@@ -151,7 +153,8 @@ def accelerate_vision(model: nn.Module, skip: tuple[str, ...] | list[str] = ()) 
 
 
 def stock_vision(model: nn.Module) -> nn.Module:
-    """Undo accelerate_vision exactly: every instance attribute it set is removed. Returns the model."""
+    """Undo accelerate_vision exactly: every instance attribute it set is put back as it was (removed, or what
+    another library had set there). Returns the model."""
     for undo in reversed(list(vars(model).pop(_ATTR, {}).values())):
         undo()
     return model
