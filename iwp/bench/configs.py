@@ -3,14 +3,17 @@ small=True gives the same structure with tiny sizes, for CPU tests."""
 from __future__ import annotations
 
 
-def onevision_config(small: bool):
-    """llava-hf/llava-onevision-qwen2-7b-ov-hf: SigLIP-so400m/14 at 384 + Qwen2-7B (published config)."""
+def onevision_config(small: bool, text: str = "7b"):
+    """llava-hf/llava-onevision-qwen2-7b-ov-hf (text="7b") or llava-hf/llava-onevision-qwen2-0.5b-ov-hf
+    (text="0.5b"): SigLIP-so400m/14 at 384 + Qwen2-7B / Qwen2-0.5B (published configs)."""
     from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
     vc = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
                             image_size=384, patch_size=14, vision_use_head=False)
-    tc = Qwen2Config(vocab_size=152128, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                     num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
-                     rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
+    texts = {"7b": dict(vocab_size=152128, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                        num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
+             "0.5b": dict(vocab_size=152000, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                          num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)}
+    tc = Qwen2Config(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, **texts[text])
     if small:
         vc = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                 image_size=384, patch_size=14, vision_use_head=False)
@@ -18,8 +21,13 @@ def onevision_config(small: bool):
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768)
     return LlavaOnevisionConfig(vision_config=vc, text_config=tc, image_token_id=151646, video_token_id=151647,
                                 vision_feature_select_strategy="full", vision_feature_layer=-1,
-                                vision_aspect_ratio="anyres_max_9",
+                                vision_aspect_ratio="anyres_max_9", tie_word_embeddings=texts[text]["tie_word_embeddings"],
                                 image_grid_pinpoints=[[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)])
+
+
+def onevision_05b_config(small: bool):
+    """llava-hf/llava-onevision-qwen2-0.5b-ov-hf (published config)."""
+    return onevision_config(small, text="0.5b")
 
 
 def _qwen_parts(small: bool) -> tuple[dict, dict, dict]:
@@ -81,3 +89,14 @@ def qwen3_config(small: bool):
                                      "mrope_interleaved": True})
     return Qwen3VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=False, image_token_id=151655,
                          video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+
+
+def qwen3b_config(small: bool):
+    """Qwen/Qwen2.5-VL-3B-Instruct (published config): the 7B's ViT projecting to 2048, a Qwen2.5-3B decoder."""
+    from transformers import Qwen2_5_VLConfig
+    vision, text, ids = _qwen_parts(small)
+    if not small:
+        vision.update(out_hidden_size=2048)
+        text.update(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                    num_attention_heads=16, num_key_value_heads=2)
+    return Qwen2_5_VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=True, **ids)

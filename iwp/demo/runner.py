@@ -61,6 +61,8 @@ def load_model(name: str | None = None):
             model = model.to("cuda")
         if Path(name).exists() and Path(name).resolve().is_relative_to(ROOT):
             name = str(Path(name).resolve().relative_to(ROOT))       # shown in the page: no server paths
+    if os.environ.get("IWP_STOCK_VISION") != "1":     # exact vision speed-ups, both arms (IWP_STOCK_VISION=1: off)
+        iwp.accelerate_vision(model)
     return model.eval(), processor, name
 
 
