@@ -12,8 +12,8 @@ from PIL import Image
 
 import iwp
 from iwp import overlay
-from iwp.patch import DEFAULT_LAYER
-from iwp.selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
+from iwp import DEFAULT_LAYER
+from iwp import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
 
 from iwp.demo import inputs as guards
 from iwp.demo.runner import OutOfMemory, Runner

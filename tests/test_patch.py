@@ -198,7 +198,7 @@ def test_unpadded_batch_with_different_kept_counts(tiny, impl):
 
 
 def test_flash_style_2d_masks_are_cut_by_columns():
-    from iwp.patch import _cut_decode_mask, _cut_prefill_mask, _make_cut
+    from iwp.hook.cut import decode_mask as _cut_decode_mask, make_cut as _make_cut, prefill_mask as _cut_prefill_mask
     cut = _make_cut([torch.tensor([0, 2, 3]), torch.tensor([1, 3])], length=4, step=1)
     assert cut.idx.tolist() == [[0, 2, 3], [0, 1, 3]] and cut.valid.tolist() == [[True] * 3, [False, True, True]]
     mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])
