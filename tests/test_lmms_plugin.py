@@ -45,6 +45,31 @@ def test_generate_and_loglikelihood_on_the_toy_model():
     assert all(lp < 0 for lp, _ in scored) and scored[0][1] is True    # its own greedy answer is greedy
 
 
+@pytest.mark.parametrize("family", ["llava", "llava_onevision", "qwen2_5_vl"])
+def test_each_family_is_pruned_through_the_hook(tiny, family, monkeypatch):
+    """The plugin's batches (chat template, left padding) pruned with seed = batch index, as iwp.apply would."""
+    import numpy as np
+    from PIL import Image
+
+    import iwp
+    from iwp.evaluate.lmms import model as plugin
+    model, proc = tiny(family)
+    calls = []
+    monkeypatch.setattr(plugin.iwp, "apply", lambda m, **kw: calls.append(kw) or iwp.hook.apply(m, **kw))
+    ims = [Image.fromarray((np.random.RandomState(s).rand(60, 90, 3) * 255).astype("uint8")) for s in range(3)]
+    docs = [{"question": q, "image": im} for q, im in zip(["w1?", "w1 w2 w3?", "w2?"], ims)]
+    lm = IWP(method="iwp", keep_ratio=0.5, layer=1, batch_size=2, loaded=(model, proc))
+    got = lm.generate_until(_requests(lm, docs, "generate_until", lambda d: {"max_new_tokens": 3}))
+    assert [c["seed"] for c in calls] == [0, 1] and all(c["keep_ratio"] == 0.5 and c["layer"] == 1 for c in calls)
+    want = []
+    for seed, chunk in enumerate([docs[:2], docs[2:]]):
+        inputs = lm._inputs([d["question"] for d in chunk], [([d["image"].convert("RGB")], [], []) for d in chunk])
+        with iwp.pruning(model, keep_ratio=0.5, layer=1, seed=seed):
+            out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        want += proc.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert got == want and not iwp.hook.is_patched(model)
+
+
 def test_baseline_and_unknown_methods():
     assert not IWP(pretrained="toy", method="none", keep_ratio=0.111).pruned
     assert not IWP(pretrained="toy", method="iwp", keep_ratio=1.0).pruned

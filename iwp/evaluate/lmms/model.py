@@ -39,13 +39,13 @@ class IWP(lmms):
                  lam: float | None = None, first_chunk: int | None = None, growth: float | None = None,
                  device: str | None = None, dtype: str = "auto", attn_implementation: str | None = None,
                  min_pixels: int | None = None, max_pixels: int | None = None, max_frames: int = 32,
-                 batch_size: int | str | None = 1, max_new_tokens: int = 32, **unused) -> None:
+                 batch_size: int | str | None = 1, max_new_tokens: int = 32, loaded: tuple | None = None,
+                 **unused) -> None:
+        """loaded=(model, processor): use these instead of loading `pretrained` (Python API, tests)."""
         super().__init__()
         unused.pop("max_batch_size", None)                  # lmms-eval passes it to every model
         if unused:
             raise ValueError(f"unknown model_args for iwp: {sorted(unused)}")
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         self.method = str(method).lower()
         self.keep_ratio = float(keep_ratio)
         if self.method not in UNPRUNED and self.method not in iwp.SELECTORS:
@@ -54,13 +54,18 @@ class IWP(lmms):
                                            ("growth", growth)) if v is not None}
         cuda = torch.cuda.is_available()
         self._device = torch.device(device or ("cuda" if cuda else "cpu"))
-        path = str(TOY_PATH) if pretrained == "toy" else str(pretrained)
-        resolution = {k: int(v) for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
-        self.processor = AutoProcessor.from_pretrained(path, **resolution)
+        if loaded is None:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+            path = str(TOY_PATH) if pretrained == "toy" else str(pretrained)
+            resolution = {k: int(v) for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels))
+                          if v is not None}
+            processor = AutoProcessor.from_pretrained(path, **resolution)
+            extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            model = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=_dtype(dtype, self._device.type == "cuda"), **extra)
+            loaded = (model, processor)
+        self.model, self.processor = loaded[0].to(self._device).eval(), loaded[1]
         self.processor.tokenizer.padding_side = "left"     # batched generation appends after the prompt
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=_dtype(dtype, self._device.type == "cuda"), **extra).to(self._device).eval()
         self.batch_size = max(1, int(batch_size)) if str(batch_size).isdigit() else 1
         self.max_frames = int(max_frames)
         self.max_new_tokens = int(max_new_tokens)
