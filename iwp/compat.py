@@ -133,3 +133,20 @@ def select_best_resolution(size: tuple[int, int], pinpoints):
     """transformers.image_processing_utils.select_best_resolution, the anyres grid choice (5.17-5.24)."""
     from transformers.image_processing_utils import select_best_resolution as best
     return best(size, pinpoints)
+
+
+# ------------------------------------------------------------------------------------ Qwen3-VL DeepStack
+# Qwen3VLTextModel.forward adds DeepStack features after each of the first decoder layers through
+# self._deepstack_process(hidden_states, visual_pos_masks, visual_embeds): visual_pos_masks [B, L] bool,
+# visual_embeds [n_visual, D] in row-major order. Checked 5.17.0 and 5.24.0 (same signature and call site).
+DEEPSTACK_PROCESS = "_deepstack_process"
+
+
+def deepstack_process(lm: nn.Module):
+    """The text model's bound DeepStack step (Qwen3-VL), to be wrapped on the instance."""
+    fn = getattr(lm, DEEPSTACK_PROCESS, None)
+    if fn is None or list(inspect.signature(fn).parameters)[:3] != ["hidden_states", "visual_pos_masks",
+                                                                   "visual_embeds"]:
+        raise unsupported(f"{type(lm).__name__} has no {DEEPSTACK_PROCESS}(hidden_states, visual_pos_masks, "
+                          "visual_embeds)")
+    return fn

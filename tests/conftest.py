@@ -84,7 +84,8 @@ class _Stop(Exception):
 
 def reference_generate(model, inputs: dict, keep: list[int], layer: int, n: int = 6) -> torch.Tensor:
     """Greedy decoding without a cache, recomputing everything each step, dropping the same prompt
-    positions before `layer` (an independent re-implementation of the cut, batch 1)."""
+    positions before `layer` (an independent re-implementation of the cut, batch 1). DeepStack (Qwen3-VL):
+    after the first layers, the model's deepstack features are added to the visual positions still present."""
     lm = iwp.models.for_model(model).language_model(model)
     seq = dict(inputs)
     ids = seq["input_ids"]
@@ -113,14 +114,20 @@ def reference_generate(model, inputs: dict, keep: list[int], layer: int, n: int 
             pid = pid[1:]
         cos, sin = lm.rotary_emb(h, pid)
         rows = torch.tensor(sorted(keep) + list(range(L, T)))
+        present = torch.arange(T)                       # original position of each row of h
+        stack, vis = got.get("deepstack_visual_embeds"), got.get("visual_pos_masks")
         with torch.no_grad():
             for i, block in enumerate(lm.layers):
                 if i == layer:
-                    h, cos, sin = h[:, rows], cos[:, rows], sin[:, rows]
+                    h, cos, sin, present = h[:, rows], cos[:, rows], sin[:, rows], present[rows]
                 t = h.shape[1]
                 allowed = torch.ones(t, t, dtype=torch.bool).tril()
                 mask = torch.zeros(t, t, dtype=h.dtype).masked_fill(~allowed, torch.finfo(h.dtype).min)[None, None]
                 h = block(h, attention_mask=mask, position_embeddings=(cos, sin), position_ids=None)
+                if stack is not None and i < len(stack):
+                    add = torch.zeros(T, h.shape[-1], dtype=h.dtype)
+                    add[vis[0]] = stack[i].to(h.dtype)
+                    h = h + add[present][None]
             logits = model.lm_head(lm.norm(h[:, -1:]))
         nxt = logits[:, -1].argmax(-1, keepdim=True)
         seq["input_ids"] = torch.cat([seq["input_ids"], nxt], 1)

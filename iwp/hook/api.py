@@ -66,6 +66,7 @@ def apply(model: nn.Module, keep_ratio: float = 0.25, method: str = "iwp", layer
         if hasattr(base, name):
             setattr(base, name, _recording(getattr(base, name), state, model, kind))
             state.wrapped.append(name)
+    state.handles += family.install(model, state)   # e.g. Qwen3-VL: DeepStack additions follow the cut
     state.handles.append(base.register_forward_pre_hook(functools.partial(_on_call, state), with_kwargs=True))
     state.handles.append(base.register_forward_hook(functools.partial(_after_call, state), with_kwargs=True))
     for i, layer_module in enumerate(state.lm.layers):

@@ -79,6 +79,10 @@ class Family:
             g.sort(key=lambda x: int(x.positions[0]))
         return out
 
+    def install(self, model: nn.Module, state) -> list:
+        """Family-specific wrappers on this instance beyond the shared hooks; returns handles with .remove()."""
+        return []
+
     def bind(self, model: nn.Module) -> "Family":
         """Cache the model's placeholder ids (they never change for an instance)."""
         self.token_ids_cached = {k: v for k, v in self.token_ids(model.config).items() if v is not None}
