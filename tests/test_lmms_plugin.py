@@ -45,7 +45,7 @@ def test_generate_and_loglikelihood_on_the_toy_model():
     assert all(lp < 0 for lp, _ in scored) and scored[0][1] is True    # its own greedy answer is greedy
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava", "llava_onevision", "qwen2_5_vl", "qwen3_vl"])
 def test_each_family_is_pruned_through_the_hook(tiny, family, monkeypatch):
     """The plugin's batches (chat template, left padding) pruned with seed = batch index, as iwp.apply would."""
     import numpy as np
