@@ -43,7 +43,8 @@ def _fake_evaluate(seconds_per_question: dict, rows_by_nproc: dict):
         path = cmd[cmd.index("--json") + 1]
         rows = [{**r, "n": n} for r in rows_by_nproc[nproc]]
         with open(path, "w") as f:
-            json.dump({"seconds": n * seconds_per_question[nproc], "processes": nproc, "n": n, "results": rows}, f)
+            json.dump({"seconds": n * seconds_per_question[nproc], "prepare_s": 0.0,
+                   "questions_s": n * seconds_per_question[nproc], "processes": nproc, "n": n, "results": rows}, f)
         assert env["NCCL_NVLS_ENABLE"] == "0" and env["NVSHMEM_DISABLE_NVLS"] == "1"
         return subprocess.CompletedProcess(cmd, 0, "", "")
     return fake, calls
@@ -60,6 +61,7 @@ def test_main_calibrates_runs_both_and_compares(tmp_path, monkeypatch, capsys):
     assert [r["nproc"] for r in res["runs"]] == [1, 2] and all(r["rc"] == 0 for r in res["runs"])
     assert res["scaling"]["identical_results"] is True and res["scaling"]["speedup_evaluate"] == 2.0
     assert res["scaling"]["efficiency_evaluate"] == 1.0 and "speedup_wall" in res["scaling"]
+    assert res["scaling"]["speedup_questions"] == 2.0 and res["scaling"]["efficiency_questions"] == 1.0
     assert json.loads(out.read_text())["scaling"] == res["scaling"]
     assert (tmp_path / "evaluate-1proc.json").exists() and (tmp_path / "evaluate-2proc.json").exists()
     assert "| 2 |" in capsys.readouterr().out and "| iwp |" in res["accuracy_table"]

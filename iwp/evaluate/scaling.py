@@ -4,7 +4,8 @@ Both runs get the same question set and settings: one process on one GPU (or the
 under torchrun (one GPU each; gloo on the CPU). Their JSON outputs must hold identical accuracy rows. Reported:
 each run's wall time (the whole command: start-up, model load, questions) and evaluate's own seconds (questions
 only, of which prepare_s draws the scenes and runs the processor), the speed-ups and the efficiency (speed-up /
-processes). Without --questions, two short calibration runs fit evaluate seconds = fixed + per-question x n (the
+processes), also for the questions alone (every rank draws all scenes: their noise depends on the whole draw;
+only the processor work is sharded). Without --questions, two short calibration runs fit evaluate seconds = fixed + per-question x n (the
 fixed part, e.g. CUDA warm-up, would otherwise inflate the per-question cost) and pick a count whose one-process
 run takes about --target-seconds, so that the work, not the start-up, dominates.
 
@@ -51,8 +52,8 @@ def run(cmd: list[str], json_path: Path, timeout: float, log=print) -> dict:
     out = {"command": " ".join(cmd), "rc": rc, "wall_s": round(wall, 2)}
     if rc == 0 and json_path.exists():
         res = json.loads(json_path.read_text())
-        out.update(evaluate_s=res.get("seconds"), prepare_s=res.get("prepare_s"), processes=res.get("processes"),
-                   n=res.get("n"), results=res.get("results"))
+        out.update(evaluate_s=res.get("seconds"), prepare_s=res.get("prepare_s"), questions_s=res.get("questions_s"),
+                   processes=res.get("processes"), n=res.get("n"), results=res.get("results"))
     else:
         out["output_tail"] = tail
     log(f"  rc={rc} wall {wall:.1f} s" + (f", evaluate {out.get('evaluate_s')} s" if rc == 0 else f"\n{tail}"))
@@ -78,16 +79,21 @@ def scaling(single: dict, multi: dict) -> dict:
         if single.get("evaluate_s") and multi.get("evaluate_s"):
             out["speedup_evaluate"] = round(single["evaluate_s"] / multi["evaluate_s"], 3)
             out["efficiency_evaluate"] = round(out["speedup_evaluate"] / multi["processes"], 3)
+        if single.get("questions_s") and multi.get("questions_s"):     # the model's part, without the scenes
+            out["speedup_questions"] = round(single["questions_s"] / multi["questions_s"], 3)
+            out["efficiency_questions"] = round(out["speedup_questions"] / multi["processes"], 3)
     return out
 
 
 def markdown(result: dict) -> str:
+    keys = ("speedup_wall", "speedup_evaluate", "efficiency_evaluate", "speedup_questions", "efficiency_questions")
     rows = ["| processes | device(s) | wall s | evaluate s | of which prepare s | speed-up (wall) | "
-            "speed-up (evaluate) | efficiency (evaluate) |", "|---|---|---|---|---|---|---|---|"]
+            "speed-up (evaluate) | efficiency (evaluate) | speed-up (questions) | efficiency (questions) |",
+            "|---" * 10 + "|"]
     sc = result["scaling"]
     for r in result["runs"]:
         last = r is result["runs"][-1]
-        cells = [sc.get(k, "-") if last else 1.0 for k in ("speedup_wall", "speedup_evaluate", "efficiency_evaluate")]
+        cells = [sc.get(k, "-") if last else 1.0 for k in keys]
         rows.append(f"| {r.get('processes') or r['nproc']} | {r['device']} | {r['wall_s']} | "
                     f"{r.get('evaluate_s', '-')} | {r.get('prepare_s', '-')} | " + " | ".join(map(str, cells)) + " |")
     same = result["scaling"]["identical_results"]
