@@ -135,18 +135,15 @@ def select_best_resolution(size: tuple[int, int], pinpoints):
     return best(size, pinpoints)
 
 
-# ------------------------------------------------------------------------------------ Qwen3-VL DeepStack
-# Qwen3VLTextModel.forward adds DeepStack features after each of the first decoder layers through
-# self._deepstack_process(hidden_states, visual_pos_masks, visual_embeds): visual_pos_masks [B, L] bool,
-# visual_embeds [n_visual, D] in row-major order. Checked 5.17.0 and 5.24.0 (same signature and call site).
+# ------------------------------------------------------------------------------------- Qwen3-VL DeepStack
+# Qwen3VLTextModel._deepstack_process(hidden_states, visual_pos_masks, visual_embeds) adds DeepStack features
+# at the visual positions after each of the first decoder layers; the hook wraps it on the instance.
+# Checked 5.17.0 and 5.24.0.
 DEEPSTACK_PROCESS = "_deepstack_process"
 
 
 def deepstack_process(lm: nn.Module):
-    """The text model's bound DeepStack step (Qwen3-VL), to be wrapped on the instance."""
     fn = getattr(lm, DEEPSTACK_PROCESS, None)
-    if fn is None or list(inspect.signature(fn).parameters)[:3] != ["hidden_states", "visual_pos_masks",
-                                                                   "visual_embeds"]:
-        raise unsupported(f"{type(lm).__name__} has no {DEEPSTACK_PROCESS}(hidden_states, visual_pos_masks, "
-                          "visual_embeds)")
+    if fn is None:
+        raise unsupported(f"{type(lm).__name__} has no {DEEPSTACK_PROCESS} (Qwen3-VL's DeepStack)")
     return fn

@@ -84,8 +84,7 @@ class _Stop(Exception):
 
 def reference_generate(model, inputs: dict, keep: list[int], layer: int, n: int = 6) -> torch.Tensor:
     """Greedy decoding without a cache, recomputing everything each step, dropping the same prompt
-    positions before `layer` (an independent re-implementation of the cut, batch 1). DeepStack (Qwen3-VL):
-    after the first layers, the model's deepstack features are added to the visual positions still present."""
+    positions before `layer` (an independent re-implementation of the cut, batch 1)."""
     lm = iwp.models.for_model(model).language_model(model)
     seq = dict(inputs)
     ids = seq["input_ids"]
@@ -114,20 +113,22 @@ def reference_generate(model, inputs: dict, keep: list[int], layer: int, n: int 
             pid = pid[1:]
         cos, sin = lm.rotary_emb(h, pid)
         rows = torch.tensor(sorted(keep) + list(range(L, T)))
-        present = torch.arange(T)                       # original position of each row of h
-        stack, vis = got.get("deepstack_visual_embeds"), got.get("visual_pos_masks")
+        deepstack = got.get("deepstack_visual_embeds") or []        # Qwen3-VL: features added after layers 0..
+        visual = got.get("visual_pos_masks")
         with torch.no_grad():
             for i, block in enumerate(lm.layers):
                 if i == layer:
-                    h, cos, sin, present = h[:, rows], cos[:, rows], sin[:, rows], present[rows]
+                    h, cos, sin = h[:, rows], cos[:, rows], sin[:, rows]
                 t = h.shape[1]
                 allowed = torch.ones(t, t, dtype=torch.bool).tril()
                 mask = torch.zeros(t, t, dtype=h.dtype).masked_fill(~allowed, torch.finfo(h.dtype).min)[None, None]
                 h = block(h, attention_mask=mask, position_embeddings=(cos, sin), position_ids=None)
-                if stack is not None and i < len(stack):
-                    add = torch.zeros(T, h.shape[-1], dtype=h.dtype)
-                    add[vis[0]] = stack[i].to(h.dtype)
-                    h = h + add[present][None]
+                if i < len(deepstack):
+                    seen = visual[0] if i < layer else visual[0][rows]          # visual positions still here
+                    row_of = visual[0].long().cumsum(0) - 1                      # each one's row of features
+                    feats = deepstack[i][row_of[torch.arange(T) if i < layer else rows][seen]]
+                    h = h.clone()
+                    h[0, seen] = h[0, seen] + feats
             logits = model.lm_head(lm.norm(h[:, -1:]))
         nxt = logits[:, -1].argmax(-1, keepdim=True)
         seq["input_ids"] = torch.cat([seq["input_ids"], nxt], 1)

@@ -136,3 +136,15 @@ def test_rotated_is_the_models_rope_of_one_operand():
     k, cos, sin = torch.randn(2, 5, 8), torch.randn(5, 8), torch.randn(5, 8)
     want = apply_rotary_pos_emb(k[None], k[None], cos[None], sin[None])[1][0]
     assert torch.equal(scoring._rotated(apply_rotary_pos_emb, k, cos, sin), want)
+
+
+def test_keep_all_scores_nothing_until_a_selection_is_asked_for(tiny, counted):
+    """keep_ratio 1.0 cuts nothing: the prefill does no device work for iwp; last_selection scores later,
+    with the same result as scoring during the prefill would give."""
+    model, proc = tiny("llava_onevision")
+    inputs = video_batch(model, proc, frames=6)
+    iwp.apply(model, keep_ratio=1.0)
+    greedy(model, inputs, 3)
+    assert counted.kernels == []
+    sel = iwp.last_selection(model)[0]
+    assert sel.n_kept == sel.n_visual and len(sel.groups[0].kept) == sel.groups[0].budget

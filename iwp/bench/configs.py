@@ -61,10 +61,9 @@ def qwen72b_config(small: bool):
     return Qwen2_5_VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
 
 
-def qwen3_vl_config(small: bool):
-    """Qwen/Qwen3-VL-8B-Instruct (published config): Qwen3-8B-style decoder (36 layers, GQA 32/8, head_dim 128,
-    interleaved M-RoPE [24, 20, 20], theta 5e6), 27-layer ViT (16-px patches) with DeepStack into decoder
-    layers 0-2 from vision layers 8, 16, 24."""
+def qwen3_config(small: bool):
+    """Qwen/Qwen3-VL-8B-Instruct (published config): Qwen3-8B decoder, a 27-block ViT with DeepStack after
+    blocks 8, 16 and 24 added into the first three decoder layers."""
     from transformers import Qwen3VLConfig
     vision = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
                   patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,

@@ -75,8 +75,8 @@ def qwen_vision_flops(vision_cfg, grid_thw: list[tuple[int, int, int]]) -> int:
 
 
 def qwen3_vision_flops(vision_cfg, grid_thw: list[tuple[int, int, int]]) -> int:
-    """Qwen3-VL ViT (full attention within each temporal slice, 2-matrix MLP) + the patch merger and one
-    DeepStack merger per deepstack_visual_indexes entry, over images/videos given by (t, h, w) patch grids."""
+    """Qwen3-VL ViT (full attention within each temporal slice, plain 2-matmul MLP) + the patch merger and
+    one DeepStack merger per DeepStack layer, over images/videos given by (t, h, w) patch grids."""
     h, inter, p = vision_cfg.hidden_size, vision_cfg.intermediate_size, vision_cfg.patch_size
     merge, tp, out = vision_cfg.spatial_merge_size, vision_cfg.temporal_patch_size, vision_cfg.out_hidden_size
     mergers = 1 + len(vision_cfg.deepstack_visual_indexes)
@@ -100,5 +100,5 @@ def tflops(x: int) -> float:
     return round(x / 1e12, 4)
 
 
-__all__ = ["decoder_layer_flops", "decoder_prefill_flops", "siglip_flops", "qwen_vision_flops",
+__all__ = ["decoder_layer_flops", "decoder_prefill_flops", "siglip_flops", "qwen_vision_flops", "qwen3_vision_flops",
            "ideal_speedups", "tflops"]

@@ -53,7 +53,7 @@ def real_config(shape: str, small: bool = False):
     the same shapes at tiny widths."""
     from . import configs as realsize
     builders = {"llava-onevision-7b": realsize.onevision_config, "qwen2.5-vl-7b": realsize.qwen_config,
-                "qwen3-vl-8b": realsize.qwen3_vl_config}
+                "qwen3-vl-8b": realsize.qwen3_config}
     return builders[shape](small=small)
 
 

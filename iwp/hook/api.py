@@ -30,7 +30,7 @@ from ..selection import Selection, TokenGroup, categorize, covering
 from ..selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM, SELECTORS
 from .cut import decode_mask, make_cut, prefill_mask, take, take_ids
 from .scoring import select_tokens
-from .state import ATTR, DEFAULT_LAYER, Cut, HostCopy, Settings, State
+from .state import ATTR, DEFAULT_LAYER, Cut, HostCopy, Record, Settings, State
 
 
 def apply(model: nn.Module, keep_ratio: float = 0.25, method: str = "iwp", layer: int = DEFAULT_LAYER,
@@ -66,9 +66,9 @@ def apply(model: nn.Module, keep_ratio: float = 0.25, method: str = "iwp", layer
         if hasattr(base, name):
             setattr(base, name, _recording(getattr(base, name), state, model, kind))
             state.wrapped.append(name)
-    state.handles += family.install(model, state)   # e.g. Qwen3-VL: DeepStack additions follow the cut
     state.handles.append(base.register_forward_pre_hook(functools.partial(_on_call, state), with_kwargs=True))
     state.handles.append(base.register_forward_hook(functools.partial(_after_call, state), with_kwargs=True))
+    state.patched = state.family.patch_instance(model, lambda: _prefill_cut(state))
     for i, layer_module in enumerate(state.lm.layers):
         state.handles.append(layer_module.register_forward_pre_hook(
             functools.partial(_on_layer, state, i), with_kwargs=True))
@@ -85,6 +85,8 @@ def remove(model: nn.Module) -> nn.Module:
         h.remove()
     for name in state.wrapped:
         delattr(compat.base_model(model), name)      # the class method shows through again
+    for obj, name in state.patched:
+        delattr(obj, name)
     delattr(model, ATTR)
     return model
 
@@ -122,7 +124,7 @@ def last_selection(model: nn.Module, image_sizes: list[tuple[int, int]] | None =
     state = getattr(model, ATTR, None)
     if state is None or state.record is None:
         return None
-    rec, out, sizes = state.record, [], list(image_sizes or [])
+    rec, out, sizes = state.record.resolved(), [], list(image_sizes or [])
     for b, groups in enumerate(rec.groups):
         tgs = []
         for g, picks, inp in groups:
@@ -137,7 +139,7 @@ def last_selection(model: nn.Module, image_sizes: list[tuple[int, int]] | None =
                 magnitude=[round(x, 8) for x in mag.tolist()], cover=cover, cover_similarity=sim,
                 categories=categorize(mag, picks), boxes=[tuple(x) if x is not None else None for x in boxes],
                 frames=frames, image_size=tuple(image_size) if image_size is not None else None,
-                budget=picks.numel()))
+                budget=picks.numel(), steps=inp.steps.tolist() if inp.steps is not None else None))
         out.append(Selection(groups=tgs, layer=rec.settings.layer, method=rec.settings.method,
                              keep_ratio=rec.settings.keep_ratio, params=dict(rec.settings.params),
                              seconds=rec.seconds(b), batch_index=b))
@@ -211,14 +213,21 @@ def _on_layer(state: State, i: int, module, args, kwargs):
     K = state.settings.layer
     if i < K:
         return None
-    hidden = compat.hidden_states(args, kwargs)
     prefill = state.call.get("prefill", True)
+    if not prefill and (state.cut is None or _nothing_to_cut(state.cut, kwargs.get("attention_mask"))):
+        return None                                    # decoding: the common case costs one check per layer
+    hidden = compat.hidden_states(args, kwargs)
     if i == K and prefill:
         state.release()
+        ctx, pos = state.prefill(), kwargs["position_embeddings"]
+        if state.settings.keep_ratio >= 1.0:           # nothing is cut: score only if a Selection is asked for
+            state.record = Record(state.settings, step=state.step,
+                                  make=lambda: _no_grad(select_tokens, ctx, module, hidden, pos)[1])
+            return None
         with torch.no_grad():
-            keep = select_tokens(state, module, hidden, kwargs)
+            keep, state.record = select_tokens(ctx, module, hidden, pos)
         if keep is None:
-            return None                                # nothing to cut (keep_ratio 1.0 scores but never slices)
+            return None                                # a text-only prefill: nothing to cut
         state.cut = make_cut(keep, state.call["input_ids"].shape[1], state.step, short_cache_masks=K == 0,
                              padded=state.call["host"].get()[1] is not None)
     cut = state.cut
@@ -243,6 +252,23 @@ def _on_layer(state: State, i: int, module, args, kwargs):
         kwargs["attention_mask"] = _memo(cut, state.step, kwargs.get("attention_mask"),
                                          lambda m: decode_mask(m, cut, hidden, cache, i, state))
     return args, kwargs
+
+
+def _prefill_cut(state: State) -> Cut | None:
+    """The cut of the prefill running now, if any."""
+    cut = state.cut
+    return cut if cut is not None and cut.step == state.step else None
+
+
+def _nothing_to_cut(cut: Cut, mask) -> bool:
+    """A decoding step whose mask needs no cut: no mask at all (sdpa / flash without padding), no dummies
+    to hide, and the model sized nothing by the short cache."""
+    return mask is None and not cut.dummies and not cut.short_cache_masks
+
+
+def _no_grad(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
 
 
 def _memo(cut: Cut, step: int, mask, fn):

@@ -16,7 +16,7 @@ from .. import compat
 from ..baselines import SelectorInput
 from ..clock import Clock
 from ..selectors import select
-from .state import Record, State
+from .state import Prefill, Record
 
 
 class Rows:
@@ -77,35 +77,36 @@ class Once:
         return self._value
 
 
-def select_tokens(state: State, layer: nn.Module, hidden: Tensor, kwargs: dict) -> list[Tensor] | None:
-    """Run the selector on every image / video; returns per prompt the sorted positions to keep."""
-    ids, host = state.call.get("input_ids"), state.call.get("host")
+def select_tokens(ctx: Prefill, layer: nn.Module, hidden: Tensor,
+                  position_embeddings: tuple[Tensor, Tensor]) -> tuple[list[Tensor] | None, Record]:
+    """Run the selector on every image / video: (per prompt the sorted positions to keep, or None when
+    nothing is cut; the record)."""
+    ids, host = ctx.call.get("input_ids"), ctx.call.get("host")
+    B = hidden.shape[0]
+    empty = Record(settings=ctx.settings, groups=[[] for _ in range(B)], clock=Clock(hidden.device),
+                   spans=[None] * B, step=ctx.step)
     if ids is None or host is None or tuple(ids.shape) != tuple(hidden.shape[:2]):
-        if state.items:                                # features were merged, but nothing says where
+        if ctx.items:                                  # features were merged, but nothing says where
             raise ValueError("iwp finds visual tokens by their placeholder ids: call the model with input_ids "
                              "(not inputs_embeds alone) when it has images or videos")
-        state.record = Record(settings=state.settings, groups=[[] for _ in range(hidden.shape[0])],
-                              clock=Clock(hidden.device), spans=[None] * hidden.shape[0], step=state.step)
-        return None
+        return None, empty
     attn = layer.self_attn
     # Work where layer K's weights are: with device_map="auto" this hook runs before accelerate moves
     # the layer's inputs, and input_ids live on the first device.
     dev = attn.q_proj.weight.device
     if dev.type == "meta":
-        raise RuntimeError(f"iwp scores visual tokens with decoder layer {state.settings.layer}'s own weights, "
+        raise RuntimeError(f"iwp scores visual tokens with decoder layer {ctx.settings.layer}'s own weights, "
                            "but they are offloaded (on the meta device); keep that layer on a GPU or choose "
                            "another layer with iwp.apply(..., layer=K)")
     clock = Clock(dev)
     clock.mark()                                         # reached once the layers before K are done
     ids, am = host.get()
-    groups = state.family.groups(ids, state.items)
+    groups = ctx.family.groups(ids, ctx.items)
     if not any(groups):                                  # a text-only prompt: an empty record, no cut
-        state.record = Record(settings=state.settings, groups=[[] for _ in groups], clock=clock,
-                              spans=[None] * len(groups), step=state.step)
-        return None
+        return None, empty
     hidden = hidden.to(dev)
-    cos, sin = (x.to(dev) for x in kwargs["position_embeddings"])
-    B, L = ids.shape
+    cos, sin = (x.to(dev) for x in position_embeddings)
+    L = ids.shape[1]
     ramp = Once(lambda: torch.arange(L, device=dev))
     clock.mark()
     keeps, rec_groups, spans = [], [], []
@@ -116,21 +117,20 @@ def select_tokens(state: State, layer: nn.Module, hidden: Tensor, kwargs: dict) 
             spans.append(None)
             continue
         start = len(clock.marks) - 1
-        keep, recs = _select_prompt(state, layer, hidden[b], _row(cos, b), _row(sin, b), groups[b],
+        keep, recs = _select_prompt(ctx, layer, hidden[b], _row(cos, b), _row(sin, b), groups[b],
                                     None if am is None else am[b], ramp)
         spans.append((start, clock.mark()))
         keeps.append(keep)
         rec_groups.append(recs)
-    state.record = Record(settings=state.settings, groups=rec_groups, clock=clock, spans=spans,
-                          step=state.step)
-    return None if state.settings.keep_ratio >= 1.0 else keeps
+    record = Record(settings=ctx.settings, groups=rec_groups, clock=clock, spans=spans, step=ctx.step)
+    return (None if ctx.settings.keep_ratio >= 1.0 else keeps), record
 
 
-def _select_prompt(state: State, layer: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, gs: list,
+def _select_prompt(ctx: Prefill, layer: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, gs: list,
                    am: Tensor | None, ramp: Once) -> tuple[Tensor | None, list]:
     """One prompt [L, D]: score its visual tokens, run the selector per group; (kept positions or None
     at keep_ratio 1.0, record entries)."""
-    attn, s, dev = layer.self_attn, state.settings, hidden.device
+    attn, s, dev = layer.self_attn, ctx.settings, hidden.device
     L = hidden.shape[0]
     vis, qrows = _prompt_rows(gs, am, L, dev)
     x = layer.input_layernorm(hidden)
@@ -146,7 +146,7 @@ def _select_prompt(state: State, layer: nn.Module, hidden: Tensor, cos: Tensor, 
         sl = slice(start, start + n)
         start += n
         rows = Rows(g.positions, dev)
-        inp = LazyInput(q, k[:, sl], v[:, sl], state.family.grid(g.info), s.seed,
+        inp = LazyInput(q, k[:, sl], v[:, sl], ctx.family.grid(g.info), s.seed,
                      {"k_rope": lambda sl=sl: k_rope()[:, sl], "q_last_rope": q_last_rope,
                       "features": lambda rows=rows: rows.take(hidden)})
         budget = max(1, round(s.keep_ratio * n)) if s.keep_ratio < 1.0 else n

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -52,13 +53,32 @@ class Cut:
 
 
 @dataclass
-class Record:
-    """Raw tensors of one prefill's selection; last_selection turns them into Selection objects."""
+class Prefill:
+    """What the selection reads of one prefill, fixed when layer K is reached (a deferred selection runs
+    after later calls have changed the state)."""
+    family: models.Family
     settings: Settings
-    groups: list                  # per prompt: list of (Group, picks, LazyInput)
-    clock: Clock
-    spans: list                   # per prompt: (start mark, end mark) of its own work, or None
+    call: dict
+    items: dict
+    step: int
+
+
+@dataclass
+class Record:
+    """Raw tensors of one prefill's selection; last_selection turns them into Selection objects.
+    A deferred record (keep_ratio 1.0: nothing is cut) runs its selection the first time it is read."""
+    settings: Settings
+    groups: list | None = None    # per prompt: list of (Group, picks, LazyInput)
+    clock: Clock | None = None
+    spans: list | None = None     # per prompt: (start mark, end mark) of its own work, or None
     step: int = 0                 # the call (prefill) that made it
+    make: Callable[[], "Record"] | None = None
+
+    def resolved(self) -> "Record":
+        if self.make is not None:
+            done, self.make = self.make(), None
+            self.groups, self.clock, self.spans = done.groups, done.clock, done.spans
+        return self
 
     def seconds(self, b: int) -> float:
         """Prompt b's scoring + selection, with an equal share of the planning all prompts shared."""
@@ -100,7 +120,8 @@ class State:
     settings     what apply() was asked for (re-applying swaps it)
     family       the model family's adapter (placeholder ids, per-image facts, boxes)
     lm           the decoder stack; cache_kw is the cache keyword its layers take (compat)
-    handles      hook handles; wrapped: names of the feature getters wrapped on the base model
+    handles      hook handles; wrapped: names of the feature getters wrapped on the base model;
+                 patched: (object, attribute) the family patched on the instance (Qwen3-VL's DeepStack)
     items        facts of the images / videos encoded for the current call, by kind
     fresh        items were recorded since the last base-model call (generate pre-encodes in 5.18+)
     call         the current base-model call: input_ids, attention_mask, host copy, prefill
@@ -115,12 +136,16 @@ class State:
         self.cache_kw = "past_key_values"
         self.handles: list = []
         self.wrapped: list[str] = []
+        self.patched: list[tuple[object, str]] = []
         self.items: dict[str, list[dict]] = {}
         self.fresh = False
         self.call: dict = {}
         self.step = 0
         self.cut: Cut | None = None
         self.record: Record | None = None
+
+    def prefill(self) -> Prefill:
+        return Prefill(self.family, self.settings, dict(self.call), dict(self.items), self.step)
 
     def release(self) -> None:
         """Drop the previous call's cut and the record's tensors (a new call is encoding: they are stale,

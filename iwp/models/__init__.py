@@ -7,9 +7,9 @@ from .base import Family, Group, feature_counts
 from .llava import Llava
 from .llava_onevision import LlavaOnevision
 from .qwen2_5_vl import Qwen2_5_VL
-from .qwen3_vl import Qwen3VL
+from .qwen3_vl import Qwen3_VL
 
-FAMILIES: list[Family] = [Llava(), LlavaOnevision(), Qwen2_5_VL(), Qwen3VL()]
+FAMILIES: list[Family] = [Llava(), LlavaOnevision(), Qwen2_5_VL(), Qwen3_VL()]
 
 
 def supported_classes() -> list[str]:

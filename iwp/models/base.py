@@ -79,8 +79,9 @@ class Family:
             g.sort(key=lambda x: int(x.positions[0]))
         return out
 
-    def install(self, model: nn.Module, state) -> list:
-        """Family-specific wrappers on this instance beyond the shared hooks; returns handles with .remove()."""
+    def patch_instance(self, model: nn.Module, current_cut) -> list[tuple[object, str]]:
+        """Family-specific instance patches the cut needs (current_cut() -> the prefill's Cut or None);
+        returns the (object, attribute) pairs that remove() deletes. Most families need none."""
         return []
 
     def bind(self, model: nn.Module) -> "Family":
