@@ -96,12 +96,15 @@ def test_smart_resize_matches_qwen_defaults():
 @pytest.mark.parametrize("name,kind,geometry", [
     ("llava_onevision", "video32", {"frames": 4}),
     ("qwen2_5_vl", "image", {"size": (56, 84)}),
+    ("qwen3_vl", "video32", {"frames": 4, "size": (64, 96)}),
 ])
 def test_harness_end_to_end(tmp_path, name, kind, geometry):
     from iwp import models
     model = models.family(name).tiny()[0]
     prompt = bench_models.build_prompt(model, kind, geometry)
-    assert prompt.n_total == sum(bench_models.N_TEXT) + prompt.n_visual + (2 if name == "qwen2_5_vl" else 0)
+    runs = prompt.geometry["grid_thw"][0] if name == "qwen3_vl" else 1    # Qwen3-VL: one run per temporal patch
+    extra = {"qwen2_5_vl": 2, "qwen3_vl": runs * (2 + bench_models.N_TIMESTAMP)}.get(name, 0)
+    assert prompt.n_total == sum(bench_models.N_TEXT) + prompt.n_visual + extra
     rows = bench_models.bench(model, prompt, ratios=[1.0, 0.5], methods=["iwp"], layer=1, repeats=2, warmup=1,
                               new_tokens=2, log=lambda s: None)
     base, pruned = rows
@@ -152,6 +155,21 @@ def test_real_size_inputs_follow_the_processors_rules():
     qi = bench_models.build_prompt(qwen, "image")
     assert qi.geometry["grid_thw"] == [1, 52, 92] and qi.n_total == 26 * 46 + 63 + 2
     assert qi.kwargs["mm_token_type_ids"].shape == qi.kwargs["input_ids"].shape == (1, qi.n_total)
+
+
+def test_qwen3_vl_8b_inputs_follow_its_processors_rules():
+    from transformers import Qwen3VLForConditionalGeneration
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(bench_models.real_config("qwen3-vl-8b"))
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(8.77, abs=0.05)
+    v = bench_models.build_prompt(model, "video32")     # 32 720p frames within 25165824 pixels in all, factor 32
+    assert v.geometry["grid_thw"] == [16, 40, 72] and v.n_visual == 16 * 20 * 36
+    assert v.n_total == 16 * 20 * 36 + 16 * (2 + bench_models.N_TIMESTAMP) + sum(bench_models.N_TEXT)
+    assert v.kwargs["pixel_values_videos"].shape == (16 * 40 * 72, 3 * 2 * 16 * 16)
+    assert v.geometry["timestamp_tokens"] == 16 * bench_models.N_TIMESTAMP   # a timestamped run per slice
+    i = bench_models.build_prompt(model, "image")
+    assert i.geometry["grid_thw"] == [1, 44, 80] and i.n_visual == 22 * 40 and i.n_total == 880 + 63 + 2
+    assert 12 * i.vision_flops < v.vision_flops < 16 * i.vision_flops     # 16 slices, each smaller than the image
 
 
 @pytest.mark.parametrize("stock", [False, True])
@@ -286,3 +304,17 @@ def test_small_real_shapes_follow_the_published_configs():
     assert (ov.image_token_id, ov.video_token_id) == (pub["image_token_index"], pub["video_token_index"])
     for shape in ("llava-onevision-0.5b", "qwen2.5-vl-3b"):                # --small: tiny widths, same structure
         assert bench_models.real_config(shape, small=True).text_config.hidden_size < 100
+
+
+def test_qwen3_vision_flops_match_torch_flop_counter():
+    from iwp import models
+    model = models.family("qwen3_vl").tiny()[0]
+    model.set_attn_implementation("eager")
+    try:
+        for grid in [(1, 8, 12), (2, 4, 8)]:            # one image; two temporal slices of a video
+            n = grid[0] * grid[1] * grid[2]
+            pv = torch.randn(n, 3 * 2 * 16 * 16)
+            counted = _counted(lambda: model.model.visual(pv, grid_thw=torch.tensor([grid])))
+            assert counted == flops.qwen3_vision_flops(model.config.vision_config, [grid])
+    finally:
+        model.set_attn_implementation("sdpa")

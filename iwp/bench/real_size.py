@@ -46,12 +46,13 @@ N_TEXT = (14, 49)          # text tokens before / after the visual tokens (63 in
 DEFAULT_INPUTS = {         # input kind -> geometry, per model family
     "llava_onevision": {"image": {"size": (1080, 1920)}, "video32": {"frames": 32}},
     "qwen2_5_vl": {"image": {"size": (720, 1280)}, "video32": {"frames": 32, "size": (720, 1280), "fps": 2.0}},
+    "qwen3_vl": {"image": {"size": (720, 1280)}, "video32": {"frames": 32, "size": (720, 1280), "fps": 2.0}},
 }
 
 
 # --------------------------------------------------------------------------------------------- shapes
 
-SHAPES = ("llava-onevision-7b", "qwen2.5-vl-7b", "llava-onevision-0.5b", "qwen2.5-vl-3b")
+SHAPES = ("llava-onevision-7b", "qwen2.5-vl-7b", "llava-onevision-0.5b", "qwen2.5-vl-3b", "qwen3-vl-8b")
 
 
 def real_config(shape: str, small: bool = False):
@@ -59,7 +60,8 @@ def real_config(shape: str, small: bool = False):
     the same shapes at tiny widths."""
     from . import configs as realsize
     builders = {"llava-onevision-7b": realsize.onevision_config, "qwen2.5-vl-7b": realsize.qwen_config,
-                "llava-onevision-0.5b": realsize.onevision_05b_config, "qwen2.5-vl-3b": realsize.qwen3b_config}
+                "llava-onevision-0.5b": realsize.onevision_05b_config, "qwen2.5-vl-3b": realsize.qwen3b_config,
+                "qwen3-vl-8b": realsize.qwen3_config}
     return builders[shape](small=small)
 
 
@@ -72,9 +74,10 @@ def family(model) -> str:
 
 def build_model(config, device: str, dtype: torch.dtype = torch.bfloat16):
     """Random weights made directly on the device, sdpa attention."""
-    from transformers import LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
-    cls = {"llava_onevision": LlavaOnevisionForConditionalGeneration,
-           "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}[config.model_type]
+    from transformers import (LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration,
+                              Qwen3VLForConditionalGeneration)
+    cls = {"llava_onevision": LlavaOnevisionForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+           "qwen3_vl": Qwen3VLForConditionalGeneration}[config.model_type]
     torch.manual_seed(0)
     with torch.device(device):
         model = cls._from_config(config, dtype=dtype, attn_implementation="sdpa")
@@ -123,7 +126,7 @@ def build_prompt(model, kind: str, geometry: dict | None = None, seed: int = 0) 
     fam = family(model)
     geo = dict(DEFAULT_INPUTS[fam][kind] if kind in DEFAULT_INPUTS[fam] else {})
     geo.update(geometry or {})
-    builder = _ov_prompt if fam == "llava_onevision" else _qwen_prompt
+    builder = {"llava_onevision": _ov_prompt, "qwen2_5_vl": _qwen_prompt, "qwen3_vl": _qwen3_prompt}[fam]
     return builder(model, kind, geo, seed)
 
 
@@ -198,6 +201,48 @@ def _qwen_prompt(model, kind: str, geo: dict, seed: int) -> Prompt:
                       second_per_grid_ts=torch.tensor([tp / geo["fps"]], device=dev))
         geometry = {"frames": geo["frames"], "frame_size": [h, w], "resized": [rh, rw], "grid_thw": list(grid)}
     return Prompt(kind, kwargs, ids.shape[1], n_vis, flops.qwen_vision_flops(vc, [grid]), geometry)
+
+
+N_TIMESTAMP = 6            # text tokens of one Qwen3-VL timestamp, e.g. "<1.0 seconds>"
+
+
+def _qwen3_prompt(model, kind: str, geo: dict, seed: int) -> Prompt:
+    """Qwen3-VL: Qwen3VLProcessor's published defaults (image: 65536-16777216 pixels; video: 4096-25165824
+    pixels over all frames), factor 32; a video is one `<timestamp> <vision_start> tokens <vision_end>` run
+    per temporal patch, which is what its M-RoPE ids (one frame each) are computed from."""
+    cfg, dev, dt = model.config, model.device, model.dtype
+    vc = cfg.vision_config
+    p, merge, tp = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
+    h, w = geo["size"]
+    factor = p * merge
+    if kind == "image":
+        rh, rw = smart_resize(h, w, factor=factor, min_pixels=65536, max_pixels=16777216)
+        t = 1
+    else:                                   # Qwen3VLVideoProcessor.smart_resize bounds all frames' pixels
+        frames = geo["frames"]
+        rh, rw = smart_resize(h, w, factor=factor, min_pixels=4096 // frames, max_pixels=25165824 // frames)
+        t = math.ceil(frames / tp)
+    grid = (t, rh // p, rw // p)
+    n_patch = grid[0] * grid[1] * grid[2]
+    per_frame = grid[1] * grid[2] // merge ** 2
+    pv = torch.randn(n_patch, 3 * tp * p * p, generator=torch.Generator().manual_seed(seed)).to(dev, dt)
+    token = cfg.image_token_id if kind == "image" else cfg.video_token_id
+    visual = []
+    for f in range(t):
+        stamp = _text_ids(cfg, N_TIMESTAMP, seed + 100 + f).tolist() if kind != "image" else []
+        visual += stamp + [cfg.vision_start_token_id] + [token] * per_frame + [cfg.vision_end_token_id]
+    ids = _ids(cfg, visual, seed).to(dev)
+    mm_types = torch.where(ids == token, 1 if kind == "image" else 2, 0)
+    thw = torch.tensor([grid], device=dev)
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm_types)
+    if kind == "image":
+        kwargs.update(pixel_values=pv, image_grid_thw=thw)
+        geometry = {"image_size": [h, w], "resized": [rh, rw], "grid_thw": list(grid)}
+    else:
+        kwargs.update(pixel_values_videos=pv, video_grid_thw=thw)
+        geometry = {"frames": geo["frames"], "frame_size": [h, w], "resized": [rh, rw], "grid_thw": list(grid),
+                    "timestamp_tokens": N_TIMESTAMP * t}
+    return Prompt(kind, kwargs, ids.shape[1], t * per_frame, flops.qwen3_vision_flops(vc, [grid]), geometry)
 
 
 # --------------------------------------------------------------------------------------------- timing
