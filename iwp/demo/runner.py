@@ -15,6 +15,7 @@ from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import iwp
+from iwp.models.processors import load_processor
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = str(ROOT / "assets" / "toy-lvlm")
@@ -48,10 +49,10 @@ def load_model(name: str | None = None):
     if name == TINY:
         model, processor = iwp.models.family("llava").tiny()
     else:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
         cuda = torch.cuda.is_available()
         trust = _trust_remote_code()
-        processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust)
+        processor = load_processor(name, trust_remote_code=trust)     # image-only without torchvision
         # several GPUs: shard the model over them (accelerate's big-model inference; 72B-class models)
         sharded = cuda and torch.cuda.device_count() > 1 and importlib.util.find_spec("accelerate") is not None
         model = AutoModelForImageTextToText.from_pretrained(
