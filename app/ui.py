@@ -108,6 +108,9 @@ def make_compare(runner: Runner):
         except Exception as e:                 # anything else: logged, answered, and the server goes on
             log.exception("compare failed")
             raise gr.Error(f"The model could not answer ({type(e).__name__}: {e}).", title="Generation failed")
+        for note in result.notes:              # e.g. native video needs torchvision: frames went in as images
+            gr.Warning(note)
+        notes = notes + result.notes
         progress(0.9, desc="drawing")
         picture, group = _main_view(result.selection, images)
         over = overlay.category_overlay(picture, group)
