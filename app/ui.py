@@ -130,7 +130,8 @@ def _summary(m: dict) -> str:
     agree = "the answers **agree**" if m["answers_agree"] else "the answers **differ**"
     return (f"**Speed-up** ×{m['speedup_total']:.2f} total, ×{m['speedup_prefill']:.2f} prefill · {agree} · "
             f"first-token distributions: total variation **{m['first_token_tv']:.4f}**, "
-            f"KL **{m['first_token_kl']:.4f}** · selection took {m['selection_s'] * 1000:.1f} ms")
+            f"KL **{m['first_token_kl']:.4f}** · selection took {m['selection_s'] * 1000:.1f} ms"
+            + (f" · video input: **{m['video_input']}**" if m.get("video_input") else ""))
 
 
 def _cover_choices(selection: iwp.Selection, video: bool) -> list[tuple[str, str]]:
