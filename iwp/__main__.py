@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             images, notes = [Image.fromarray(f) for f in clip.frames], list(clip.notes)
             notes.append(f"sampled {len(images)} of {clip.total_frames} frames ({clip.duration:.1f} s at "
                          f"{clip.fps:.0f} fps)")
-            meta = ({"total_num_frames": clip.total_frames, "fps": clip.fps, "frames_indices": clip.indices}
+            # the sampled window's length, so the processor spaces the frames in time as they were sampled
+            meta = ({"total_num_frames": clip.indices[-1] + 1, "fps": clip.fps, "frames_indices": clip.indices}
                     if clip.fps else None)
     except guards.InputError as e:
         print(f"error: {e}", file=sys.stderr)
