@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import re
 import threading
@@ -201,31 +202,50 @@ class Runner:
     def _stage_clock(self) -> StageClock:
         return StageClock(iwp.models.for_model(self.model).language_model(self.model).layers, self.device)
 
+    def run(self, given: ModelInput, keep_ratio: float | None = None, method: str = "iwp",
+            **settings) -> tuple[Run, iwp.Selection | None]:
+        """One timed generation: unpruned (keep_ratio None) or pruned with the given selector settings, and
+        the pruned run's Selection. The model is left unpatched. Called under the lock (compare)."""
+        iwp.remove(self.model)
+        if keep_ratio is not None:
+            iwp.apply(self.model, keep_ratio=keep_ratio, method=method, **settings)
+        try:
+            with self._stage_clock() as clock:
+                answer, prefill, total, new, logits = self.generate(given.batch, clock)
+            selection = (iwp.last_selection(self.model, image_sizes=given.sizes, processor=self.processor)[0]
+                         if keep_ratio is not None else None)
+        finally:
+            iwp.remove(self.model)
+        layer = selection.layer if selection is not None else settings.get("layer", self.default_layer)
+        visual = selection.n_kept if selection is not None else self.visual_tokens(given)
+        return Run(answer, prefill, total, visual, new, logits, clock.seconds(layer)), selection
+
+    @property
+    def default_layer(self) -> int:
+        """The layer K iwp.apply prunes before when none is given (for the unpruned run's stage split)."""
+        return inspect.signature(iwp.apply).parameters["layer"].default
+
+    def visual_tokens(self, given: ModelInput) -> int:
+        """Placeholder tokens of the images / video in the batch."""
+        ids = [getattr(self.model.config, f"{k}_token_id", None) for k in ("image", "video")]
+        return sum(int((given.batch["input_ids"] == i).sum()) for i in ids if i is not None)
+
     def _compare(self, images, question, keep_ratio, method, layer, lam, first_chunk, growth, video, video_meta,
                  progress):
         given = self.inputs(images, question, video=video, video_meta=video_meta)
-        batch = given.batch
         settings = {k: v for k, v in dict(layer=layer, lam=lam, first_chunk=first_chunk, growth=growth).items()
                     if v is not None}
         try:
             progress(0.2, desc="unpruned generation")
-            iwp.remove(self.model)
-            with self._stage_clock() as c0:
-                a0, p0, t0, n0, l0 = self.generate(batch, c0)
+            unpruned, _ = self.run(given, **settings)
             progress(0.55, desc="pruned generation")
-            iwp.apply(self.model, keep_ratio=keep_ratio, method=method, **settings)
-            try:
-                with self._stage_clock() as c1:
-                    a1, p1, t1, n1, l1 = self.generate(batch, c1)
-                selection = iwp.last_selection(self.model, image_sizes=given.sizes, processor=self.processor)[0]
-            finally:
-                iwp.remove(self.model)
+            pruned, selection = self.run(given, keep_ratio=keep_ratio, method=method, **settings)
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-            del batch, given
+            del given
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise OutOfMemory("Out of memory while generating; try a smaller image, fewer video frames or a "
                               "lower keep ratio.") from e
-        unpruned = Run(a0, p0, t0, selection.n_visual, n0, l0, c0.seconds(selection.layer))
-        pruned = Run(a1, p1, t1, selection.n_kept, n1, l1, c1.seconds(selection.layer))
+        if unpruned.stages and pruned.stages and selection.layer != settings.get("layer", self.default_layer):
+            unpruned.stages = None                   # split at another layer than the pruned run's: not comparable
         return Comparison(unpruned, pruned, selection, images, given.video_mode, given.notes)
