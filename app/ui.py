@@ -16,6 +16,7 @@ from iwp.patch import DEFAULT_LAYER
 from iwp.selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
 
 from iwp.demo import inputs as guards
+from iwp.demo.breakdown import time_breakdown
 from iwp.demo.runner import OutOfMemory, Runner
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def _out_dir() -> Path:
 
 
 _OUT: Path | None = None
-N_VIEWS = 12
+N_VIEWS = 13
 
 
 def views(image, video, metrics: dict, selection_json: dict):
@@ -184,7 +185,7 @@ def views(image, video, metrics: dict, selection_json: dict):
             gr.Slider(minimum=0, maximum=max(steps, 1), value=steps, step=1),
             overlay.replay_frame(picture, group, steps, chunks),
             gr.Dropdown(choices=choices, value=first), gr.Gallery(value=gallery), str(path),
-            *cover(image, video, selection_json, first))
+            *cover(image, video, selection_json, first), time_breakdown(metrics))
 
 
 def replay(image, video, selection_json: dict, step: int):
@@ -297,6 +298,9 @@ def build_demo(runner: Runner) -> gr.Blocks:
                         cover_text = gr.Markdown(elem_id="cover-text")
                     with gr.Tab("Video frames"):
                         gallery = gr.Gallery(label="Sampled frames with their categories", columns=4, elem_id="frames")
+                    with gr.Tab("Time breakdown"):
+                        timing = gr.Image(label="Where the time goes, unpruned and pruned", type="pil",
+                                          interactive=False, elem_id="time-breakdown")
                 with gr.Accordion("Metrics and Selection (JSON)", open=False):
                     metrics = gr.JSON(label="Metrics")
                     sel_json = gr.JSON(label="Selection")
@@ -307,7 +311,7 @@ def build_demo(runner: Runner) -> gr.Blocks:
                   api_name="compare", concurrency_limit=1, concurrency_id="gpu")
         sel_json.change(views, [image, video, metrics, sel_json],
                         [stats_u, stats_p, summary, heat, before_after, step, replay_img, token, gallery, download,
-                         cover_img, cover_text], api_visibility="private")
+                         cover_img, cover_text, timing], api_visibility="private")
         step.release(replay, [image, video, sel_json, step], replay_img, api_visibility="private")
         token.input(cover, [image, video, sel_json, token], [cover_img, cover_text], api_visibility="private")
         over.select(clicked, [image, video, sel_json], [token, cover_img, cover_text], api_visibility="private")
