@@ -17,6 +17,7 @@ from iwp.selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
 
 from iwp.demo import inputs as guards
 from iwp.demo.breakdown import time_breakdown
+from iwp.demo.zerogpu import gpu_duration
 from iwp.demo.runner import OutOfMemory, Runner
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def _main_view(selection: iwp.Selection, images: list[Image.Image]) -> tuple[Ima
 def make_compare(runner: Runner):
     """The `compare` handler bound to one runner (one model instance)."""
 
-    @gpu(duration=120)
+    @gpu(duration=gpu_duration)          # seconds from the input (ZeroGPU; a no-op elsewhere)
     def compare(image, video, question, keep_ratio, method, layer=None, lam=None, first_chunk=None, growth=None,
                 progress=gr.Progress()):
         """Answer unpruned and pruned; returns (unpruned answer, pruned answer, category overlay,
