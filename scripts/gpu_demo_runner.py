@@ -115,6 +115,7 @@ def measure(runner, given, rounds: int, warmup: int, seed: int = 0) -> list[dict
 
 def bench_model(name: str, args, device: str) -> dict:
     from iwp.bench.real_size import build_model
+    from iwp.demo.processing import NATIVE
     from iwp.demo.runner import Runner
     from iwp.models.processors import load_processor
     t0 = time.perf_counter()
@@ -136,7 +137,7 @@ def bench_model(name: str, args, device: str) -> dict:
         info = {"size": list(images[0].size), "frames": len(images) if kind == "video" else None,
                 "video_mode": given.video_mode, "notes": given.notes,
                 "tokens": int(given.batch["input_ids"].shape[1]), "rows": rows}
-        if kind == "video" and given.video_mode == "native video" and config.model_type == "llava_onevision":
+        if kind == "video" and given.video_mode == NATIVE and config.model_type == "llava_onevision":
             info["tokens_per_frame"] = (rows[0]["visual_tokens"] - 1) / len(frames)   # one newline at the end
         out["inputs"][kind] = info
         print(json.dumps({"model": name, "input": kind, **{k: v for k, v in info.items() if k != "rows"}}),

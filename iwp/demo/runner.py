@@ -138,7 +138,7 @@ class Runner:
         self.max_new_tokens = max_new_tokens or int(os.environ.get("IWP_MAX_NEW_TOKENS", "16"))
         self._lock = threading.Lock()        # one generation at a time, whichever event (or example) calls
         self.device = next(model.parameters()).device
-        self.video_mode, why = video_mode(model, processor)
+        self.video_mode, why = video_mode(model, processor)    # how a video reaches this model
         self.native_video = why is None
 
     @classmethod

@@ -35,6 +35,8 @@ class StageClock:
             event = torch.cuda.Event(enable_timing=True)
             event.record(self.stream)
             self.marks[name] = event
+        if name == "first_token":
+            self._remove()                   # the prefill is over: no layer hooks while decoding
 
     def __enter__(self) -> "StageClock":
         for i, layer in enumerate(self.layers):
@@ -44,6 +46,9 @@ class StageClock:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
