@@ -40,6 +40,8 @@ def test_image_only_without_torchvision(family, caplog, monkeypatch):
     assert n > 1 and "pixel_values" in batch                    # placeholder expanded to the image's tokens
     with pytest.raises(VideoUnavailable, match="torchvision"):
         proc(text=_prompt(proc, "video"), videos=[np.zeros((4, 32, 32, 3), np.uint8)])
+    with pytest.raises(VideoUnavailable):
+        proc(None, _prompt(proc, "video"), [np.zeros((4, 32, 32, 3), np.uint8)])          # positional videos
 
 
 @no_torchvision

@@ -58,7 +58,7 @@ class _ImageOnly:
         return super().check_argument_for_proper_class(argument_name, argument)
 
     def __call__(self, *args, **kwargs):
-        # the real processors take (images, text, videos, ...) positionally; never drop a video silently
+        # __call__(images, text, videos, audio, **kwargs) in 5.17 and 5.24; never drop a video silently
         video = kwargs.get("videos") if "videos" in kwargs else (args[2] if len(args) > 2 else None)
         if video is not None:
             raise VideoUnavailable(f"{type(self).__name__}: {VIDEO_NEEDS_TORCHVISION}")
