@@ -12,8 +12,8 @@ from PIL import Image
 
 import iwp
 from iwp import overlay
-from iwp.patch import DEFAULT_LAYER
-from iwp.selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
+from iwp import DEFAULT_LAYER
+from iwp import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
 
 from iwp.demo import inputs as guards
 from iwp.demo.breakdown import time_breakdown
@@ -174,7 +174,7 @@ def views(image, video, metrics: dict, selection_json: dict):
     is_video = metrics.get("input", {}).get("kind") == "video"
     path = _out_dir() / f"selection-{abs(hash(json.dumps(metrics, sort_keys=True))) % 10**10}.json"
     path.write_text(json.dumps(selection_json, indent=1))
-    chunks = None if group.kind == "video" else overlay.pick_chunks(sel, group)
+    chunks = None if group.kind == "video" else overlay.pick_steps(group)
     steps = len(group.kept)
     gallery = ([(im, f"frame {i}") for i, im in enumerate(overlay.video_overlays(images, sel))]
                if is_video else [])
@@ -195,7 +195,7 @@ def replay(image, video, selection_json: dict, step: int):
         return gr.skip()
     sel = iwp.Selection.from_dict(selection_json)
     picture, group = _main_view(sel, read_inputs(image, video)[0])
-    chunks = None if group.kind == "video" else overlay.pick_chunks(sel, group)
+    chunks = None if group.kind == "video" else overlay.pick_steps(group)
     return overlay.replay_frame(picture, group, int(step), chunks)
 
 

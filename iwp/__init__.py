@@ -4,7 +4,9 @@ from .baselines import SelectorInput
 from .selection import CATEGORIES, Selection, TokenGroup
 from .selectors import SELECTORS, select
 from . import models
-from .patch import apply, last_selection, pruning, remove
+from .hook import DEFAULT_LAYER, apply, is_patched, last_selection, pruning, remove
+from .selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
 
 __all__ = ["dual_form", "mmr", "SelectorInput", "Selection", "TokenGroup", "CATEGORIES", "SELECTORS", "select"]
-__all__ += ["models", "apply", "remove", "pruning", "last_selection"]
+__all__ += ["models", "apply", "remove", "pruning", "last_selection", "is_patched"]
+__all__ += ["DEFAULT_LAYER", "DEFAULT_LAM", "DEFAULT_FIRST_CHUNK", "DEFAULT_GROWTH"]

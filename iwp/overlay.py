@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .mmr import chunk_sizes
 from .selection import (CATEGORIES, DROPPED_DUPLICATE, DROPPED_LOW, KEPT_DIVERSITY, KEPT_MAGNITUDE, Selection,
                         TokenGroup)
 
@@ -120,19 +119,16 @@ def heatmap(image: Image.Image, group: TokenGroup, max_side: int = MAX_SIDE, alp
     return _with_strip(out, ramp, title="information magnitude (low to high)")
 
 
-def pick_chunks(selection: Selection, group: TokenGroup) -> list[int]:
-    """Chunk sizes of the selection's pick order: the PC-MMR schedule for IWP, one pick per step otherwise."""
-    budget = len(group.kept)
-    if selection.method == "iwp" and budget:
-        p = selection.params
-        return chunk_sizes(budget, int(p.get("first_chunk", 1)), float(p.get("growth", 2.0)))
-    return [1] * budget
+def pick_steps(group: TokenGroup) -> list[int]:
+    """How many picks each step of the selector took: the steps the run recorded (IWP's PC-MMR), else one
+    pick a step."""
+    return list(group.steps) if group.steps else [1] * len(group.kept)
 
 
-def replay_frame(image: Image.Image, group: TokenGroup, step: int, chunks: list[int] | None = None,
+def replay_frame(image: Image.Image, group: TokenGroup, step: int, steps: list[int] | None = None,
                  max_side: int = MAX_SIDE) -> Image.Image:
-    """The selection after its first `step` picks: picked patches in category colours, the newest chunk
-    outlined, the rest dimmed."""
+    """The selection after its first `step` picks: picked patches in category colours, the picks of the
+    newest selector step (steps: picks per step, pick_steps) outlined, the rest dimmed."""
     pic = fit(image, max_side)
     step = max(0, min(step, len(group.kept)))
     picked = group.kept[:step]
@@ -143,13 +139,13 @@ def replay_frame(image: Image.Image, group: TokenGroup, step: int, chunks: list[
         alpha[t] = 0.45
     out = _blend(pic, group, colors, alpha)
     newest, title = picked, f"pick {step} of {len(group.kept)}"
-    if chunks:
-        ends = np.cumsum(chunks)
+    if steps:
+        ends = np.cumsum(steps)
         c = int(np.searchsorted(ends, step)) if step else 0
         start = int(ends[c - 1]) if c else 0
         if step:
             newest = group.kept[start:step]
-            title += f" (chunk {c + 1} of {len(chunks)}: picks {start + 1}-{step})"
+            title += f" (step {c + 1} of {len(steps)}: picks {start + 1}-{step})"
     d = ImageDraw.Draw(out)
     for _, box in _pixel_boxes(group, out.size, newest if step else []):
         d.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(255, 255, 255), width=2)
@@ -212,7 +208,8 @@ def frame_groups(selection: Selection, n_frames: int) -> list[tuple[TokenGroup, 
 
 
 def subgroup(group: TokenGroup, tokens: list[int]) -> TokenGroup:
-    """The tokens of one frame as a group of their own (kept order preserved)."""
+    """The tokens of one frame as a group of their own (kept order preserved; no steps: a run's steps
+    span every frame)."""
     where = {t: i for i, t in enumerate(tokens)}
     return TokenGroup(kind=group.kind, index=group.index, positions=[group.positions[t] for t in tokens],
                       kept=[where[t] for t in group.kept if t in where],

@@ -141,7 +141,7 @@ def test_out_of_memory_is_a_message_and_the_server_recovers(served):
             compare(client, image=example((".png", ".jpg"), tmp))
     finally:
         runner.model.generate = real
-    assert not iwp.patch.is_patched(runner.model)
+    assert not iwp.is_patched(runner.model)
     ans_u, *_ = compare(client, image=example((".png", ".jpg"), tmp))
     assert isinstance(ans_u, str)
 

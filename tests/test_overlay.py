@@ -1,4 +1,5 @@
 """Pictures of a Selection, built from hand-made Selection objects (no model needed)."""
+import json
 import time
 
 import numpy as np
@@ -87,12 +88,30 @@ def test_replay_shows_exactly_the_first_picks():
     assert (pixel(full, *centre(1)) == pixel(dark, *centre(1))).all()     # never picked: stays dimmed
 
 
-def test_pick_chunks_follow_the_pc_mmr_schedule():
+def test_replay_draws_the_recorded_steps():
     g = make_group(kept=tuple(range(7)))
-    sel = Selection(groups=[g], layer=2, method="iwp", keep_ratio=0.5, params={"first_chunk": 1, "growth": 2.0})
-    assert overlay.pick_chunks(sel, g) == [1, 2, 4]
-    sel.method = "fastv"
-    assert overlay.pick_chunks(sel, g) == [1] * 7
+    assert overlay.pick_steps(g) == [1] * 7                     # no recorded steps: one pick a step
+    g.steps = [1, 4, 2]                                         # as PC-MMR recorded them, not a schedule
+    assert overlay.pick_steps(g) == [1, 4, 2]
+    outlined = lambda img, t: tuple(pixel(img, int(g.boxes[t][0]) + 1, int(g.boxes[t][1]) + 1)) == (255, 255, 255)
+    frame = overlay.replay_frame(make_image(), g, 3, overlay.pick_steps(g))
+    assert [outlined(frame, t) for t in range(7)] == [False, True, True, False, False, False, False]
+    frame = overlay.replay_frame(make_image(), g, 6, overlay.pick_steps(g))
+    assert [outlined(frame, t) for t in range(7)] == [False] * 5 + [True, False]
+    one_a_step = overlay.replay_frame(make_image(), g, 3, [1] * 7)
+    assert [outlined(one_a_step, t) for t in range(7)] == [False, False, True, False, False, False, False]
+
+
+def test_steps_travel_through_json():
+    g = make_group()
+    g.steps = [1, 3]
+    sel = Selection(groups=[g, make_group()], layer=2, method="iwp", keep_ratio=0.25)
+    back = Selection.from_dict(json.loads(sel.to_json()))
+    assert [x.steps for x in back.groups] == [[1, 3], None]
+    old = json.loads(sel.to_json())
+    for x in old["groups"]:
+        del x["steps"]                                          # a Selection saved before steps were recorded
+    assert [x.steps for x in Selection.from_dict(old).groups] == [None, None]
 
 
 def test_cover_view_and_token_at():

@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 from . import toy as evaluate
-
-MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+from .distributed import MULTICAST_OFF
 
 
 def command(nproc: int, eval_args: list[str], json_path: Path, device: str | None) -> list[str]:

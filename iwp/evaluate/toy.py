@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .. import patch
+from .. import hook
+from ..hook import DEFAULT_LAYER
 from ..toy import scenes
 from ..toy.load import DEFAULT_PATH, load, prompt
 
@@ -44,7 +45,7 @@ def prepare(processor, split: str, n: int, batch_size: int = 50) -> list[dict]:
 
 @torch.no_grad()
 def accuracy(model, processor, batches: list[dict], method: str | None = None, keep_ratio: float = 1.0,
-             layer: int = patch.DEFAULT_LAYER, params: dict | None = None,
+             layer: int = DEFAULT_LAYER, params: dict | None = None,
              world: distributed.World = distributed.World()) -> tuple[float, dict[str, float]]:
     """Exact-match accuracy (overall, per question kind); method None or keep_ratio 1 runs unpatched.
 
@@ -53,9 +54,9 @@ def accuracy(model, processor, batches: list[dict], method: str | None = None, k
     counts: Counter = Counter()
     for bi, batch in enumerate(batches):
         if method is None or keep_ratio >= 1.0:
-            patch.remove(model)
+            hook.remove(model)
         else:  # a fresh seed per batch, so "random" is not one fixed pattern
-            patch.apply(model, keep_ratio=keep_ratio, method=method, layer=layer, seed=batch["index"],
+            hook.apply(model, keep_ratio=keep_ratio, method=method, layer=layer, seed=batch["index"],
                         **(params or {}))
         inputs = batch["inputs"].to(model.device)
         out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
@@ -63,7 +64,7 @@ def accuracy(model, processor, batches: list[dict], method: str | None = None, k
         for text, ans, kind in zip(texts, batch["answers"], batch["kinds"]):
             counts[(kind, "n")] += 1
             counts[(kind, "correct")] += int(text.strip() == ans)
-    patch.remove(model)
+    hook.remove(model)
     counts = distributed.gather_counts(counts, world)
     kinds = sorted({k for k, _ in counts})
     total = sum(counts[(k, "correct")] for k in kinds) / max(1, sum(counts[(k, "n")] for k in kinds))
