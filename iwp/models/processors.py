@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 
+from ..compat import (PROCESSOR_VIDEOS_ARG, ImageOnlyProcessor, image_processor_dict, processor_class_for,
+                      processor_dict, torchvision_available)
+
 log = logging.getLogger("iwp")
 
 VIDEO_NEEDS_TORCHVISION = ("native video needs torchvision (transformers builds every video processor on it); "
@@ -21,49 +24,15 @@ class VideoUnavailable(ValueError):
     """Video given to a processor that has no video processor (torchvision missing)."""
 
 
-# --- transformers internals (checked on 5.17 and 5.24) -------------------------------------------------
-def torchvision_available() -> bool:
-    """Whether transformers can use torchvision (what its video processors require). 5.17, 5.24."""
-    from transformers.utils import is_torchvision_available
-    return bool(is_torchvision_available())
-
-
-def _processor_dict(name: str, **hub) -> dict:
-    """processor_config.json (+ chat template) of a folder or hub id: ProcessorMixin.get_processor_dict
-    (classmethod, returns (dict, unused kwargs)). 5.17, 5.24."""
-    from transformers.processing_utils import ProcessorMixin
-    return ProcessorMixin.get_processor_dict(name, **hub)[0]
-
-
-def _image_processor_dict(name: str, **hub) -> dict:
-    """preprocessor_config.json: ImageProcessingMixin.get_image_processor_dict. 5.17, 5.24."""
-    from transformers import ImageProcessingMixin
-    return ImageProcessingMixin.get_image_processor_dict(name, **hub)[0]
-
-
-def _processor_class_for(model_type: str) -> str | None:
-    """The processor class name transformers' AutoProcessor maps a model_type to. 5.17, 5.24."""
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-    return PROCESSOR_MAPPING_NAMES.get(model_type)
-
-
-class _ImageOnly:
-    """Mixin for a processor class built without its video processor. ProcessorMixin.__init__ checks every
-    sub-processor with check_argument_for_proper_class (5.17, 5.24); only video_processor=None is let
-    through, so the class's own __init__ sets everything else exactly as usual."""
-
-    def check_argument_for_proper_class(self, argument_name, argument):
-        if argument_name == "video_processor" and argument is None:
-            return None
-        return super().check_argument_for_proper_class(argument_name, argument)
+class _RefusesVideo:
+    """Never drop a video silently: `videos=` (or positional) to an image-only processor raises."""
 
     def __call__(self, *args, **kwargs):
-        # __call__(images, text, videos, audio, **kwargs) in 5.17 and 5.24; never drop a video silently
-        video = kwargs.get("videos") if "videos" in kwargs else (args[2] if len(args) > 2 else None)
+        n = PROCESSOR_VIDEOS_ARG
+        video = kwargs["videos"] if "videos" in kwargs else (args[n] if len(args) > n else None)
         if video is not None:
             raise VideoUnavailable(f"{type(self).__name__}: {VIDEO_NEEDS_TORCHVISION}")
         return super().__call__(*args, **kwargs)
-# -------------------------------------------------------------------------------------------------------
 
 
 _classes: dict[type, type] = {}
@@ -72,7 +41,8 @@ _classes: dict[type, type] = {}
 def image_only(processor_class: type) -> type:
     """processor_class without a video processor: construct it with video_processor=None."""
     if processor_class not in _classes:
-        _classes[processor_class] = type(f"ImageOnly{processor_class.__name__}", (_ImageOnly, processor_class), {})
+        bases = (_RefusesVideo, ImageOnlyProcessor, processor_class)
+        _classes[processor_class] = type(f"ImageOnly{processor_class.__name__}", bases, {})
     return _classes[processor_class]
 
 
@@ -93,7 +63,7 @@ def _image_processor(name: str, **hub):
     """The folder's image processor; its PIL twin when torchvision is missing (the torchvision class would
     fall back to it anyway, with a warning)."""
     import transformers
-    kind = _image_processor_dict(name, **hub).get("image_processor_type", "")
+    kind = image_processor_dict(name, **hub).get("image_processor_type", "")
     kind = kind.removesuffix("Fast")
     cls = getattr(transformers, kind + "Pil", None) or getattr(transformers, kind, None)
     if cls is None:
@@ -105,9 +75,9 @@ def image_only_processor(name: str, trust_remote_code: bool = False, **hub):
     """The folder's processor class with its image processor, tokenizer and chat template, no video processor."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer
-    settings = _processor_dict(name, **hub)
-    cls_name = (settings.get("processor_class") or _image_processor_dict(name, **hub).get("processor_class")
-                or _processor_class_for(AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code,
+    settings = processor_dict(name, **hub)
+    cls_name = (settings.get("processor_class") or image_processor_dict(name, **hub).get("processor_class")
+                or processor_class_for(AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code,
                                                                    **hub).model_type))
     cls = getattr(transformers, cls_name or "", None)
     if cls is None:
