@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -241,7 +240,7 @@ class Runner:
             progress(0.55, desc="pruned generation")
             pruned, selection = self.run(given, keep_ratio=keep_ratio, method=method, **settings)
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-            del given
+            given.batch = None                       # free the inputs before emptying the cache
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise OutOfMemory("Out of memory while generating; try a smaller image, fewer video frames or a "
