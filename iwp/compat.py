@@ -135,6 +135,20 @@ def select_best_resolution(size: tuple[int, int], pinpoints):
     return best(size, pinpoints)
 
 
+# ------------------------------------------------------------------------------------- Qwen3-VL DeepStack
+# Qwen3VLTextModel._deepstack_process(hidden_states, visual_pos_masks, visual_embeds) adds DeepStack features
+# at the visual positions after each of the first decoder layers; the hook wraps it on the instance.
+# Checked 5.17.0 and 5.24.0.
+DEEPSTACK_PROCESS = "_deepstack_process"
+
+
+def deepstack_process(lm: nn.Module):
+    fn = getattr(lm, DEEPSTACK_PROCESS, None)
+    if fn is None:
+        raise unsupported(f"{type(lm).__name__} has no {DEEPSTACK_PROCESS} (Qwen3-VL's DeepStack)")
+    return fn
+
+
 # ------------------------------------------------------------------ processors (iwp/models/processors.py)
 # Every video processor needs torchvision; without it a processor that owns one cannot be built, so
 # load_processor builds the processor class image-only (ImageOnlyProcessor) from these pieces.

@@ -61,6 +61,28 @@ def qwen72b_config(small: bool):
     return Qwen2_5_VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
 
 
+def qwen3_config(small: bool):
+    """Qwen/Qwen3-VL-8B-Instruct (published config): Qwen3-8B decoder, a 27-block ViT with DeepStack after
+    blocks 8, 16 and 24 added into the first three decoder layers."""
+    from transformers import Qwen3VLConfig
+    vision = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
+                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                  deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh")
+    text = dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
+                rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                                    "mrope_section": [24, 20, 20], "mrope_interleaved": True})
+    if small:
+        vision.update(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                      deepstack_visual_indexes=[0, 1, 2])
+        text.update(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16,
+                    rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3],
+                                     "mrope_interleaved": True})
+    return Qwen3VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=False, image_token_id=151655,
+                         video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+
+
 def folder_config(path, small: bool = False):
     """The config.json of a model folder (e.g. tests/fixtures/real-processors/*). small=True keeps what
     decides token counts and ids (vocabulary, special ids, image and patch sizes, pinpoints, merge and

@@ -68,6 +68,7 @@ def apply(model: nn.Module, keep_ratio: float = 0.25, method: str = "iwp", layer
             state.wrapped.append(name)
     state.handles.append(base.register_forward_pre_hook(functools.partial(_on_call, state), with_kwargs=True))
     state.handles.append(base.register_forward_hook(functools.partial(_after_call, state), with_kwargs=True))
+    state.patched = state.family.patch_instance(model, lambda: _prefill_cut(state))
     for i, layer_module in enumerate(state.lm.layers):
         state.handles.append(layer_module.register_forward_pre_hook(
             functools.partial(_on_layer, state, i), with_kwargs=True))
@@ -84,6 +85,8 @@ def remove(model: nn.Module) -> nn.Module:
         h.remove()
     for name in state.wrapped:
         delattr(compat.base_model(model), name)      # the class method shows through again
+    for obj, name in state.patched:
+        delattr(obj, name)
     delattr(model, ATTR)
     return model
 
@@ -249,6 +252,12 @@ def _on_layer(state: State, i: int, module, args, kwargs):
         kwargs["attention_mask"] = _memo(cut, state.step, kwargs.get("attention_mask"),
                                          lambda m: decode_mask(m, cut, hidden, cache, i, state))
     return args, kwargs
+
+
+def _prefill_cut(state: State) -> Cut | None:
+    """The cut of the prefill running now, if any."""
+    cut = state.cut
+    return cut if cut is not None and cut.step == state.step else None
 
 
 def _nothing_to_cut(cut: Cut, mask) -> bool:

@@ -120,7 +120,8 @@ class State:
     settings     what apply() was asked for (re-applying swaps it)
     family       the model family's adapter (placeholder ids, per-image facts, boxes)
     lm           the decoder stack; cache_kw is the cache keyword its layers take (compat)
-    handles      hook handles; wrapped: names of the feature getters wrapped on the base model
+    handles      hook handles; wrapped: names of the feature getters wrapped on the base model;
+                 patched: (object, attribute) the family patched on the instance (Qwen3-VL's DeepStack)
     items        facts of the images / videos encoded for the current call, by kind
     fresh        items were recorded since the last base-model call (generate pre-encodes in 5.18+)
     call         the current base-model call: input_ids, attention_mask, host copy, prefill
@@ -135,6 +136,7 @@ class State:
         self.cache_kw = "past_key_values"
         self.handles: list = []
         self.wrapped: list[str] = []
+        self.patched: list[tuple[object, str]] = []
         self.items: dict[str, list[dict]] = {}
         self.fresh = False
         self.call: dict = {}

@@ -8,8 +8,9 @@ from .llava import Llava
 from .llava_onevision import LlavaOnevision
 from .processors import VideoUnavailable, load_processor
 from .qwen2_5_vl import Qwen2_5_VL
+from .qwen3_vl import Qwen3_VL
 
-FAMILIES: list[Family] = [Llava(), LlavaOnevision(), Qwen2_5_VL()]
+FAMILIES: list[Family] = [Llava(), LlavaOnevision(), Qwen2_5_VL(), Qwen3_VL()]
 
 
 def supported_classes() -> list[str]:
@@ -27,7 +28,7 @@ def for_model(model: nn.Module) -> Family:
 
 
 def family(name: str) -> Family:
-    """The adapter by short name ("llava", "llava_onevision", "qwen2_5_vl"), e.g. for family(name).tiny()."""
+    """The adapter by short name ("llava", "llava_onevision", "qwen2_5_vl", "qwen3_vl"), e.g. for family(name).tiny()."""
     for f in FAMILIES:
         if f.name == name:
             return type(f)()
