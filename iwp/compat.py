@@ -189,5 +189,5 @@ class ImageOnlyProcessor:
 
 
 # Where `videos` sits among a processor's positional arguments: __call__(images, text, videos, audio, **kw)
-# for LlavaOnevisionProcessor and Qwen2_5_VLProcessor, 5.17 and 5.24.
+# for LlavaOnevisionProcessor, Qwen2_5_VLProcessor and Qwen3VLProcessor, 5.17 and 5.24.
 PROCESSOR_VIDEOS_ARG = 2
