@@ -16,6 +16,8 @@ from iwp import DEFAULT_LAYER
 from iwp import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
 
 from iwp.demo import inputs as guards
+from iwp.demo.breakdown import time_breakdown
+from iwp.demo.zerogpu import gpu_duration
 from iwp.demo.runner import OutOfMemory, Runner
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ def _main_view(selection: iwp.Selection, images: list[Image.Image]) -> tuple[Ima
 def make_compare(runner: Runner):
     """The `compare` handler bound to one runner (one model instance)."""
 
-    @gpu(duration=120)
+    @gpu(duration=gpu_duration)          # seconds from the input (ZeroGPU; a no-op elsewhere)
     def compare(image, video, question, keep_ratio, method, layer=None, lam=None, first_chunk=None, growth=None,
                 progress=gr.Progress()):
         """Answer unpruned and pruned; returns (unpruned answer, pruned answer, category overlay,
@@ -108,6 +110,9 @@ def make_compare(runner: Runner):
         except Exception as e:                 # anything else: logged, answered, and the server goes on
             log.exception("compare failed")
             raise gr.Error(f"The model could not answer ({type(e).__name__}: {e}).", title="Generation failed")
+        for note in result.notes:              # e.g. native video needs torchvision: frames went in as images
+            gr.Warning(note)
+        notes = notes + result.notes
         progress(0.9, desc="drawing")
         picture, group = _main_view(result.selection, images)
         over = overlay.category_overlay(picture, group)
@@ -127,7 +132,8 @@ def _summary(m: dict) -> str:
     agree = "the answers **agree**" if m["answers_agree"] else "the answers **differ**"
     return (f"**Speed-up** ×{m['speedup_total']:.2f} total, ×{m['speedup_prefill']:.2f} prefill · {agree} · "
             f"first-token distributions: total variation **{m['first_token_tv']:.4f}**, "
-            f"KL **{m['first_token_kl']:.4f}** · selection took {m['selection_s'] * 1000:.1f} ms")
+            f"KL **{m['first_token_kl']:.4f}** · selection took {m['selection_s'] * 1000:.1f} ms"
+            + (f" · video input: **{m['video_input']}**" if m.get("video_input") else ""))
 
 
 def _cover_choices(selection: iwp.Selection, video: bool) -> list[tuple[str, str]]:
@@ -151,7 +157,7 @@ def _out_dir() -> Path:
 
 
 _OUT: Path | None = None
-N_VIEWS = 12
+N_VIEWS = 13
 
 
 def views(image, video, metrics: dict, selection_json: dict):
@@ -180,7 +186,7 @@ def views(image, video, metrics: dict, selection_json: dict):
             gr.Slider(minimum=0, maximum=max(steps, 1), value=steps, step=1),
             overlay.replay_frame(picture, group, steps, chunks),
             gr.Dropdown(choices=choices, value=first), gr.Gallery(value=gallery), str(path),
-            *cover(image, video, selection_json, first))
+            *cover(image, video, selection_json, first), time_breakdown(metrics))
 
 
 def replay(image, video, selection_json: dict, step: int):
@@ -293,6 +299,9 @@ def build_demo(runner: Runner) -> gr.Blocks:
                         cover_text = gr.Markdown(elem_id="cover-text")
                     with gr.Tab("Video frames"):
                         gallery = gr.Gallery(label="Sampled frames with their categories", columns=4, elem_id="frames")
+                    with gr.Tab("Time breakdown"):
+                        timing = gr.Image(label="Where the time goes, unpruned and pruned", type="pil",
+                                          interactive=False, elem_id="time-breakdown")
                 with gr.Accordion("Metrics and Selection (JSON)", open=False):
                     metrics = gr.JSON(label="Metrics")
                     sel_json = gr.JSON(label="Selection")
@@ -303,7 +312,7 @@ def build_demo(runner: Runner) -> gr.Blocks:
                   api_name="compare", concurrency_limit=1, concurrency_id="gpu")
         sel_json.change(views, [image, video, metrics, sel_json],
                         [stats_u, stats_p, summary, heat, before_after, step, replay_img, token, gallery, download,
-                         cover_img, cover_text], api_visibility="private")
+                         cover_img, cover_text, timing], api_visibility="private")
         step.release(replay, [image, video, sel_json, step], replay_img, api_visibility="private")
         token.input(cover, [image, video, sel_json, token], [cover_img, cover_text], api_visibility="private")
         over.select(clicked, [image, video, sel_json], [token, cover_img, cover_text], api_visibility="private")

@@ -147,3 +147,47 @@ def deepstack_process(lm: nn.Module):
     if fn is None:
         raise unsupported(f"{type(lm).__name__} has no {DEEPSTACK_PROCESS} (Qwen3-VL's DeepStack)")
     return fn
+
+
+# ------------------------------------------------------------------ processors (iwp/models/processors.py)
+# Every video processor needs torchvision; without it a processor that owns one cannot be built, so
+# load_processor builds the processor class image-only (ImageOnlyProcessor) from these pieces.
+def torchvision_available() -> bool:
+    """Whether transformers can use torchvision (what its video processors require). 5.17, 5.24."""
+    from transformers.utils import is_torchvision_available
+    return bool(is_torchvision_available())
+
+
+def processor_dict(name: str, **hub) -> dict:
+    """processor_config.json (+ chat template) of a folder or hub id: ProcessorMixin.get_processor_dict
+    (classmethod, returns (dict, unused kwargs)). 5.17, 5.24."""
+    from transformers.processing_utils import ProcessorMixin
+    return ProcessorMixin.get_processor_dict(name, **hub)[0]
+
+
+def image_processor_dict(name: str, **hub) -> dict:
+    """preprocessor_config.json: ImageProcessingMixin.get_image_processor_dict. 5.17, 5.24."""
+    from transformers import ImageProcessingMixin
+    return ImageProcessingMixin.get_image_processor_dict(name, **hub)[0]
+
+
+def processor_class_for(model_type: str) -> str | None:
+    """The processor class name transformers' AutoProcessor maps a model_type to. 5.17, 5.24."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    return PROCESSOR_MAPPING_NAMES.get(model_type)
+
+
+class ImageOnlyProcessor:
+    """Mixin for a processor class built without its video processor. ProcessorMixin.__init__ checks every
+    sub-processor with check_argument_for_proper_class (5.17, 5.24); only video_processor=None is let
+    through, so the class's own __init__ sets everything else exactly as usual."""
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        if argument_name == "video_processor" and argument is None:
+            return None
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+
+# Where `videos` sits among a processor's positional arguments: __call__(images, text, videos, audio, **kw)
+# for LlavaOnevisionProcessor, Qwen2_5_VLProcessor and Qwen3VLProcessor, 5.17 and 5.24.
+PROCESSOR_VIDEOS_ARG = 2

@@ -195,8 +195,12 @@ def frame_groups(selection: Selection, n_frames: int) -> list[tuple[TokenGroup, 
     video = [g for g in selection.groups if g.kind == "video" and g.frames is not None]
     if video:
         g = video[0]
+        # a token stands for its frame and the frames after it up to the next token frame (Qwen merges
+        # two frames per temporal patch: tokens carry frames 0, 2, 4, ...), so every sampled frame is drawn
+        starts = sorted({f for f in g.frames if f is not None})
         for f in range(n_frames):
-            out.append((g, [t for t in range(g.n) if g.frames[t] == f]))
+            own = max((s for s in starts if s <= f), default=None)
+            out.append((g, [t for t in range(g.n) if g.frames[t] is not None and g.frames[t] == own]))
     else:
         for g in selection.groups[:n_frames]:
             out.append((g, list(range(g.n))))

@@ -86,6 +86,7 @@ def test_compare_video(served):
     selection = iwp.Selection.from_dict(sel)
     assert selection.n_kept < selection.n_visual
     assert any("Sampled" in n for n in metrics["notes"])
+    assert metrics["video_input"] == "frames as images"          # LLaVA has no video path of its own
 
 
 @pytest.mark.parametrize("content,message", [(b"", "empty"), (b"just some text\n" * 20, "not a readable image")])
@@ -191,7 +192,8 @@ def test_picture_events_called_directly(served):
     *_, metrics, sel = handler(img, None, "What is it?", 0.25, "iwp", progress=lambda *a, **k: None)
     out = ui.views(img, None, metrics, sel)
     assert len(out) == ui.N_VIEWS
-    stats_u, stats_p, summary, heat, (before, after), step, replay_img, picker, gallery, path, cover_img, text = out
+    stats_u, stats_p, summary, heat, (before, after), step, replay_img, picker, gallery, path, cover_img, text, timing = out
+    assert timing.size[0] > 0                                                 # the time breakdown picture
     assert "visual tokens" in stats_u and "Speed-up" in summary and heat.size[0] > 0
     assert before.size == after.size and replay_img.size[0] > 0
     assert json.loads(Path(path).read_text()) == json.loads(json.dumps(sel))     # the download is the Selection
@@ -218,6 +220,18 @@ def test_command_line(tmp_path, capsys):
     assert "unpruned:" in printed and "pruned:" in printed and "prefill" in printed and "total" in printed
     assert Image.open(out).size[0] > 0
     assert main(["--image", str(tmp_path / "none.png"), "--question", "q", "--model", model_under_test()]) == 2
+
+
+def test_command_line_video(tmp_path, capsys):
+    from iwp.__main__ import main
+    out = tmp_path / "frames.png"
+    assert main(["--video", example((".mp4", ".webm", ".avi"), tmp_path), "--frames", "3", "--question", "What moves?",
+                 "--model", model_under_test(), "--out", str(out), "--max-new-tokens", "2", "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert "video" in printed and "3 frames" in printed and "frames as images" in printed
+    metrics = json.loads(printed.strip().splitlines()[-1])
+    assert metrics["video_input"] == "frames as images" and metrics["pruned"]["stages_s"]["decode"] >= 0
+    assert Image.open(out).width > Image.open(out).height * 2              # the three frames side by side
 
 
 def test_trust_remote_code_only_when_the_operator_sets_it(monkeypatch):

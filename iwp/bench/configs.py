@@ -100,3 +100,29 @@ def qwen3b_config(small: bool):
         text.update(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                     num_attention_heads=16, num_key_value_heads=2)
     return Qwen2_5_VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=True, **ids)
+
+
+def folder_config(path, small: bool = False):
+    """The config.json of a model folder (e.g. tests/fixtures/real-processors/*). small=True keeps what
+    decides token counts and ids (vocabulary, special ids, image and patch sizes, pinpoints, merge and
+    temporal sizes) and shrinks widths and depths to the small configs' above, for CPU tests."""
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(str(path))
+    if not small:
+        return cfg
+    text, vision = cfg.text_config, cfg.vision_config
+    text.update(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2))
+    if getattr(text, "layer_types", None) is not None:
+        text.layer_types = text.layer_types[:4]
+    if cfg.model_type == "qwen2_5_vl":
+        rope = dict(getattr(text, "rope_parameters", None) or {})
+        rope["mrope_section"] = [2, 3, 3]                    # head_dim 16: sections sum to 8
+        text.rope_parameters = rope
+        if getattr(text, "rope_scaling", None):
+            text.rope_scaling = {**text.rope_scaling, "mrope_section": [2, 3, 3]}
+        vision.update(dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           fullatt_block_indexes=[1]))
+    else:
+        vision.update(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))
+    return cfg

@@ -6,6 +6,7 @@ from torch import nn
 from .base import Family, Group, feature_counts
 from .llava import Llava
 from .llava_onevision import LlavaOnevision
+from .processors import VideoUnavailable, load_processor
 from .qwen2_5_vl import Qwen2_5_VL
 from .qwen3_vl import Qwen3_VL
 
@@ -34,4 +35,5 @@ def family(name: str) -> Family:
     raise ValueError(f"unknown family {name!r}; choose one of {[f.name for f in FAMILIES]}")
 
 
-__all__ = ["Family", "Group", "FAMILIES", "for_model", "family", "supported_classes", "feature_counts"]
+__all__ = ["Family", "Group", "FAMILIES", "for_model", "family", "supported_classes", "feature_counts",
+           "load_processor", "VideoUnavailable"]

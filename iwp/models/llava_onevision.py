@@ -86,9 +86,9 @@ class LlavaOnevision(Family):
 
 def onevision_processor(image_processor, tokenizer, num_image_tokens: int, vision_aspect_ratio: str,
                         video_size: dict):
-    """LlavaOnevisionProcessor with a video processor where torchvision exists, else the image-only shim."""
+    """LlavaOnevisionProcessor with a video processor where torchvision exists, else image-only (processors.py)."""
     from transformers import LlavaOnevisionProcessor
-    from transformers.processing_utils import ProcessorMixin
+    from .processors import image_only
     common = dict(num_image_tokens=num_image_tokens, vision_feature_select_strategy="full",
                   vision_aspect_ratio=vision_aspect_ratio)
     try:
@@ -99,19 +99,5 @@ def onevision_processor(image_processor, tokenizer, num_image_tokens: int, visio
                                        chat_template=tokenizer.chat_template, **common)
     except Exception:
         pass
-
-    class ImageOnlyOnevisionProcessor(LlavaOnevisionProcessor):
-        # No torchvision, no video processor: same behaviour for images (transformers-hooks.md A.3)
-        def __init__(self, image_processor=None, tokenizer=None, num_image_tokens=None,
-                     vision_feature_select_strategy=None, chat_template=None, vision_aspect_ratio="anyres_max_9",
-                     **kwargs):
-            self.num_image_tokens = num_image_tokens
-            self.vision_feature_select_strategy = vision_feature_select_strategy
-            self.image_token, self.video_token = "<image>", "<video>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-            self.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
-            self.vision_aspect_ratio = vision_aspect_ratio
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    return ImageOnlyOnevisionProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                       chat_template=tokenizer.chat_template, **common)
+    return image_only(LlavaOnevisionProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+                                               video_processor=None, chat_template=tokenizer.chat_template, **common)

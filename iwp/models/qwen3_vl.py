@@ -74,7 +74,7 @@ def kept_deepstack(visual_pos_masks: Tensor, visual_embeds: Tensor, idx: Tensor,
 
 
 def qwen3_processor(image_processor, tokenizer):
-    """Qwen3VLProcessor with a video processor where torchvision exists, else an image-only one."""
+    """Qwen3VLProcessor with a video processor where torchvision exists, else image-only (processors.py)."""
     from transformers import Qwen3VLProcessor
     try:
         import torchvision  # noqa: F401
@@ -84,17 +84,6 @@ def qwen3_processor(image_processor, tokenizer):
                                 chat_template=QWEN_TEMPLATE)
     except Exception:
         pass
-    from transformers.processing_utils import ProcessorMixin
-
-    class ImageOnlyQwen3Processor(Qwen3VLProcessor):
-        # No torchvision, no video processor: same behaviour for images (transformers-hooks.md A.3)
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            self.vision_start_token, self.vision_end_token = "<|vision_start|>", "<|vision_end|>"
-            self.vision_start_token_id = tokenizer.convert_tokens_to_ids(self.vision_start_token)
-            self.vision_end_token_id = tokenizer.convert_tokens_to_ids(self.vision_end_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    return ImageOnlyQwen3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
+    from .processors import image_only
+    return image_only(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                        chat_template=QWEN_TEMPLATE)
