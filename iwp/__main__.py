@@ -7,8 +7,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .selectors import SELECTORS
+
+
+IMAGE_OUT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def _out_path(out: str) -> Path:
+    """Where the overlay goes: its folder is created; no extension means PNG; an unknown one is refused
+    before the model runs."""
+    from .demo.inputs import InputError
+    path = Path(out)
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    if path.suffix.lower() not in IMAGE_OUT:
+        raise InputError(f"--out {out!r}: unsupported picture format {path.suffix!r}; use one of "
+                         f"{', '.join(sorted(IMAGE_OUT))} (or no extension for PNG).")
+    if path.exists() and path.is_dir():
+        raise InputError(f"--out {out!r} is a folder; give a file name such as {path / 'overlay.png'}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out!r}: cannot create the folder {path.parent} ({e.strerror}).")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         question = guards.check_question(args.question)
         keep, method = guards.check_settings(args.keep, args.method, list(SELECTORS))
         image, notes = guards.load_image(args.image)
+        out = _out_path(args.out)
     except guards.InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -55,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speed-up x{m['speedup_total']:.2f} total, x{m['speedup_prefill']:.2f} prefill; answers "
           f"{'agree' if m['answers_agree'] else 'differ'}; first-token total variation {m['first_token_tv']:.4f}, "
           f"KL {m['first_token_kl']:.4f}")
-    overlay.category_overlay(image, result.selection.groups[0]).save(args.out)
-    print(f"overlay written to {args.out}")
+    overlay.category_overlay(image, result.selection.groups[0], method=method).save(out)
+    print(f"overlay written to {out}")
     if args.json:
         print(json.dumps(m))
     return 0

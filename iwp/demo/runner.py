@@ -95,6 +95,8 @@ class Comparison:
     pruned: Run
     selection: iwp.Selection
     images: list[Image.Image]
+    device: str = "cpu"
+    prefill_noise: float = 0.0       # relative spread of two prefills of the same arm (warm-up vs timed)
 
     def metrics(self) -> dict:
         """Everything the demo reports, as plain JSON-able numbers."""
@@ -104,10 +106,13 @@ class Comparison:
         kl = (p * (torch.log(p.clamp_min(1e-12)) - torch.log(q.clamp_min(1e-12)))).sum().item()
         side = lambda r: {"answer": r.answer, "prefill_s": round(r.prefill_s, 4), "total_s": round(r.total_s, 4),
                           "visual_tokens": r.visual_tokens, "new_tokens": r.new_tokens}
+        speedup_prefill = self.unpruned.prefill_s / max(self.pruned.prefill_s, 1e-9)
         return {
             "unpruned": side(self.unpruned), "pruned": side(self.pruned),
             "speedup_total": round(self.unpruned.total_s / max(self.pruned.total_s, 1e-9), 3),
-            "speedup_prefill": round(self.unpruned.prefill_s / max(self.pruned.prefill_s, 1e-9), 3),
+            "speedup_prefill": round(speedup_prefill, 3),
+            "device": self.device, "prefill_noise": round(self.prefill_noise, 3),
+            "speedup_within_noise": abs(speedup_prefill - 1) <= self.prefill_noise,
             "answers_agree": self.unpruned.answer.strip().lower() == self.pruned.answer.strip().lower(),
             "first_token_tv": round(tv, 6), "first_token_kl": round(max(kl, 0.0), 6),
             "first_token_same": int(p.argmax()) == int(q.argmax()),
@@ -202,10 +207,12 @@ class Runner:
         try:
             progress(0.2, desc="unpruned generation")
             iwp.remove(self.model)
+            w0 = self._warm(batch)
             a0, p0, t0, n0, l0 = self.generate(batch)
             progress(0.55, desc="pruned generation")
             iwp.apply(self.model, keep_ratio=keep_ratio, method=method, **settings)
             try:
+                w1 = self._warm(batch)
                 a1, p1, t1, n1, l1 = self.generate(batch)
                 native = video and self.native_video
                 sizes = [images[0].size] if native else [im.size for im in images]   # one group per video
@@ -220,4 +227,15 @@ class Runner:
                               "lower keep ratio.") from e
         unpruned = Run(a0, p0, t0, selection.n_visual, n0, l0)
         pruned = Run(a1, p1, t1, selection.n_kept, n1, l1)
-        return Comparison(unpruned, pruned, selection, images)
+        noise = max(abs(w0 - p0) / max(p0, 1e-9), abs(w1 - p1) / max(p1, 1e-9))
+        return Comparison(unpruned, pruned, selection, images, self.device.type, noise)
+
+    def _warm(self, batch) -> float:
+        """One prefill-only run of the arm about to be timed, so that both arms are timed equally warm;
+        returns its prefill time (its spread from the timed one estimates the timing noise)."""
+        keep = self.max_new_tokens
+        self.max_new_tokens = 1
+        try:
+            return self.generate(batch)[1]
+        finally:
+            self.max_new_tokens = keep
