@@ -48,22 +48,21 @@ class ImagePath(gr.Image):
         return super().preprocess(payload)
 
 
-class Passthrough:
-    """Mixin for inputs whose API values go unchanged to the guards, which answer every malformed value
-    (null, a string, NaN, out of range, unknown choice) with a message naming the field; gradio's own
-    checks answer some of them with `error: null`."""
-    is_template = True                   # render with the built-in front end
+# Inputs whose API values go unchanged to the guards, which answer every malformed value (null, a string,
+# NaN, out of range, unknown choice) with a message naming the field; gradio's own checks answer some of
+# them with `error: null`. is_template: rendered by the parent's front end (gradio reads the direct base).
+class Slider(gr.Slider):
+    is_template = True
 
     def preprocess(self, payload):
         return payload
 
 
-class Slider(Passthrough, gr.Slider):
-    pass
+class Dropdown(gr.Dropdown):
+    is_template = True
 
-
-class Dropdown(Passthrough, gr.Dropdown):
-    pass
+    def preprocess(self, payload):
+        return payload
 
 
 VIDEO_TYPES = sorted(guards.VIDEO_SUFFIXES)
@@ -251,7 +250,17 @@ def _out_dir() -> Path:
 
 
 _OUT: Path | None = None
-N_VIEWS = 14
+N_VIEWS = 15
+
+
+def _legend(run: "Shown") -> str:
+    """The overlay's legend as text (what each colour means for this method, with counts)."""
+    _, group = run.main()
+    labels = overlay.category_labels(run.selection.method)
+    parts = [f"{labels[c]}: **{group.categories.count(c)}**" for c in overlay.CATEGORIES]
+    note = "" if run.selection.method == "iwp" else (f" · `{run.selection.method}` does not use IWP's categories; "
+                                                     "its picks are labelled against the magnitude top-K")
+    return f"{run.title()} · " + " · ".join(parts) + note
 
 
 def _run_for(image, video, shown, metrics: dict, selection_json: dict) -> tuple[str, Shown] | None:
@@ -298,7 +307,7 @@ def views(image, video, shown, metrics: dict, selection_json: dict, opacity: flo
             gr.Slider(minimum=0, maximum=max(steps, 1), value=steps, step=1),
             overlay.replay_frame(picture, group, steps, chunks),
             gr.Dropdown(choices=choices, value=first), gr.Gallery(value=gallery), str(path),
-            *cover(run_id, first), run_id)
+            *cover(run_id, first), run_id, _legend(run))
 
 
 def redraw(run_id: str | None, opacity: float):
@@ -379,7 +388,7 @@ CLOSE_TOASTS = "() => { document.querySelectorAll('.toast-close').forEach((b) =>
 def _cleared():
     """Empty results: shown the moment a new comparison starts, so nothing stale stays on screen."""
     return ("", "", None, None, None, "", "", "", None, None, None, gr.Dropdown(choices=[], value=None),
-            gr.Gallery(value=[]), None, None, "", None)
+            gr.Gallery(value=[]), None, None, "", None, "")
 
 
 def build_demo(runner: Runner) -> gr.Blocks:
@@ -433,6 +442,7 @@ def build_demo(runner: Runner) -> gr.Blocks:
                                             elem_id="opacity")
                         over = gr.Image(label="Kept (outlined) and dropped (faded) patches; click a patch: what "
                                         "covers it", type="pil", format="png", interactive=False, elem_id="overlay")
+                        legend = gr.Markdown(elem_id="legend")
                     with gr.Tab("Magnitude"):
                         heat = gr.Image(label="Information magnitude", type="pil", format="png", interactive=False)
                     with gr.Tab("Before / after"):
@@ -455,10 +465,10 @@ def build_demo(runner: Runner) -> gr.Blocks:
 
         outputs = [ans_u, ans_p, over, metrics, sel_json]
         pictures = [stats_u, stats_p, summary, over, heat, before_after, step, replay_img, token, gallery, download,
-                    cover_img, cover_text, run_key]
+                    cover_img, cover_text, run_key, legend]
         run.click(_cleared, None, [ans_u, ans_p, over, metrics, sel_json, stats_u, stats_p, summary, heat,
                                    before_after, replay_img, token, gallery, download, cover_img, cover_text,
-                                   run_key],
+                                   run_key, legend],
                   js=CLOSE_TOASTS, queue=False, show_progress="hidden", api_visibility="private").then(
             compare, [image, video, question, keep, method, layer, lam, first_chunk, growth, shown], outputs,
             api_name="compare", concurrency_limit=1, concurrency_id="gpu")

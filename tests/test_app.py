@@ -223,7 +223,8 @@ def test_picture_events_called_directly(served):
     out = ui.views(img, None, "image", metrics, sel)
     assert len(out) == ui.N_VIEWS
     (stats_u, stats_p, summary, over, heat, (before, after), step, replay_img, picker, gallery, path, cover_img,
-     text, run_id) = out
+     text, run_id, legend) = out
+    assert "kept for diversity" in legend
     assert run_id == metrics["run_id"] and ui.RUNS.get(run_id).selection.to_dict() == sel   # kept on the server
     assert "visual tokens" in stats_u and "Speed-up" in summary and heat.size[0] > 0
     assert "Visual tokens" in summary and "CPU" in summary
@@ -255,7 +256,7 @@ def test_picture_events_never_decode_the_input_again(served, monkeypatch):
     monkeypatch.setattr(ui.guards, "load_image", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(iwp.Selection, "from_dict", lambda *a, **k: calls.append(a))
     out = ui.views(None, video, "video", metrics, sel)
-    run_id = out[-1]
+    run_id = out[-2]
     ui.replay(run_id, 2), ui.cover(run_id, out[8].value), ui.redraw(run_id, 0.3)
     assert calls == []
     sel_obj = ui.RUNS.get(run_id).selection
