@@ -97,6 +97,7 @@ class Comparison:
     images: list[Image.Image]
     device: str = "cpu"
     prefill_noise: float = 0.0       # relative spread of two prefills of the same arm (warm-up vs timed)
+    order: iwp.Selection | None = None   # the selector's full pick order (every ratio is a prefix of it)
 
     def metrics(self) -> dict:
         """Everything the demo reports, as plain JSON-able numbers."""
@@ -219,6 +220,7 @@ class Runner:
                 selection = iwp.last_selection(self.model, image_sizes=sizes, processor=self.processor)[0]
             finally:
                 iwp.remove(self.model)
+            order = self._order(batch, method, settings, sizes)
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
             del batch
             if torch.cuda.is_available():
@@ -228,7 +230,17 @@ class Runner:
         unpruned = Run(a0, p0, t0, selection.n_visual, n0, l0)
         pruned = Run(a1, p1, t1, selection.n_kept, n1, l1)
         noise = max(abs(w0 - p0) / max(p0, 1e-9), abs(w1 - p1) / max(p1, 1e-9))
-        return Comparison(unpruned, pruned, selection, images, self.device.type, noise)
+        return Comparison(unpruned, pruned, selection, images, self.device.type, noise, order)
+
+    def _order(self, batch, method: str, settings: dict, sizes) -> iwp.Selection:
+        """The selector's full pick order, from one untimed prefill at keep_ratio 1.0 (scores every token,
+        cuts none): what the keep-ratio slider redraws from without running the model."""
+        iwp.apply(self.model, keep_ratio=1.0, method=method, **settings)
+        try:
+            self._warm(batch)
+            return iwp.last_selection(self.model, image_sizes=sizes, processor=self.processor)[0]
+        finally:
+            iwp.remove(self.model)
 
     def _warm(self, batch) -> float:
         """One prefill-only run of the arm about to be timed, so that both arms are timed equally warm;
