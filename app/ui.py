@@ -18,6 +18,7 @@ from iwp.patch import DEFAULT_LAYER
 from iwp.selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
 
 from iwp.demo import inputs as guards
+from iwp.demo import ladder
 from iwp.demo.cache import Bounded
 from iwp.demo.runner import OutOfMemory, Runner
 
@@ -127,9 +128,27 @@ class Shown:
     images: list[Image.Image]
     selection: iwp.Selection
     is_video: bool
+    order: iwp.Selection | None = None         # the full pick order (None: not recorded)
 
     def main(self) -> tuple[Image.Image, iwp.TokenGroup]:
         return _main_view(self.selection, self.images)
+
+    def at(self, keep_ratio: float, opacity: float = 0.5) -> tuple[Image.Image, str, dict] | None:
+        """The overlay, legend text and counts at another keep ratio, from the recorded order (no model
+        run); None when the order is missing or the method is not prefix-stable."""
+        if self.order is None or self.selection.method not in ladder.PREFIX_STABLE:
+            return None
+        cut = ladder.prefix_selection(self.order, keep_ratio)
+        view = Shown(self.images, cut, self.is_video)
+        picture, group = view.main()
+        title = f"at keep ratio {keep_ratio:.2f}: {view.title()} (from the pick order, no model run)"
+        img = overlay.category_overlay(picture, group, opacity=opacity, method=cut.method, title=title)
+        counts = {"keep_ratio": keep_ratio, "kept": cut.n_kept, "visual": cut.n_visual,
+                  "frame_kept": len(group.kept), "frame_visual": group.n,
+                  "categories": {c: group.categories.count(c) for c in overlay.CATEGORIES}}
+        note = (f"Redrawn from the recorded pick order at keep ratio {keep_ratio:.2f}, no model run; the answers "
+                f"above are for keep ratio {self.selection.keep_ratio:.2f}. ")
+        return img, note + _legend(view), counts
 
     def title(self) -> str:
         """The overlay's headline: per frame and in total for a video, so the counts agree."""
@@ -187,7 +206,7 @@ def make_compare(runner: Runner):
             raise gr.Error(f"The model could not answer ({type(e).__name__}: {e}).", title="Generation failed")
         progress(0.9, desc="drawing")
         run_id = uuid.uuid4().hex
-        shown_run = Shown(images, result.selection, is_video)
+        shown_run = Shown(images, result.selection, is_video, result.order)
         RUNS.put(run_id, shown_run)
         described["visual_tokens"] = result.selection.n_visual
         metrics = {**result.metrics(), "input": described, "notes": notes, "model": runner.name,
@@ -310,10 +329,97 @@ def views(image, video, shown, metrics: dict, selection_json: dict, opacity: flo
             *cover(run_id, first), run_id, _legend(run))
 
 
-def redraw(run_id: str | None, opacity: float):
-    """The category overlay again at another opacity (no model run, no decoding)."""
+def redraw(run_id: str | None, opacity: float, keep_ratio: float | None = None):
+    """The category overlay again at another opacity (no model run, no decoding); at the slider's keep
+    ratio when it differs from the run's."""
     run = _shown(run_id)
-    return gr.skip() if run is None else run.overlay(opacity)
+    if run is None:
+        return gr.skip()
+    if keep_ratio is not None and abs(float(keep_ratio) - run.selection.keep_ratio) > 1e-9:
+        found = run.at(float(keep_ratio), opacity)
+        if found is not None:
+            return found[0]
+    return run.overlay(opacity)
+
+
+def slide(run_id: str | None, keep_ratio, opacity: float = 0.5):
+    """The keep-ratio slider moved after a Compare: overlay and legend at the new ratio from the recorded
+    pick order, at once (no model run)."""
+    run = _shown(run_id)
+    if run is None:
+        return gr.skip(), gr.skip()
+    try:
+        r, _ = guards.check_settings(keep_ratio, run.selection.method, METHODS)
+    except guards.InputError:
+        return gr.skip(), gr.skip()
+    found = run.at(r, opacity)
+    if found is None:
+        return gr.skip(), (f"`{run.selection.method}` is not prefix-stable: its picks at another ratio are not a "
+                           "prefix of these; press Compare to see them.")
+    return found[0], found[1]
+
+
+def overlay_at(run_id: str, keep_ratio: float, opacity: float = 0.5) -> tuple[str, dict]:
+    """API: the overlay (PNG path) and the counts of a finished compare (its metrics' run_id) at another
+    keep ratio, from the recorded pick order, without running the model."""
+    run = _shown(run_id)
+    if run is None:
+        raise gr.Error("run_id: unknown or expired run; call /compare again and pass its metrics' run_id.")
+    try:
+        r, _ = guards.check_settings(keep_ratio, run.selection.method, METHODS)
+        o = guards._number("opacity", opacity, 0, 1)
+    except guards.InputError as e:
+        raise gr.Error(str(e), title="Input refused")
+    found = run.at(r, o)
+    if found is None:
+        raise gr.Error(f"{run.selection.method} is not prefix-stable; call /compare at keep_ratio {r}.")
+    path = _out_dir() / f"overlay-{run_id}-{r:.4f}.png"
+    found[0].save(path)
+    return str(path), found[2]
+
+
+def make_ladder(runner: Runner):
+    """The `ladder` handler: one question at keep ratios 100 / 33.3 / 22.2 / 11.1 / 5 %, one request."""
+
+    @gpu(duration=180)
+    def run_ladder(image, video, question, method, layer=None, lam=None, first_chunk=None, growth=None,
+                   shown=None):
+        """Returns (thumbnails with captions, table as Markdown, plot, rows as JSON)."""
+        try:
+            q = guards.check_question(question)
+            _, method = guards.check_settings(0.5, method, METHODS)
+            settings = guards.check_advanced(layer, lam, first_chunk, growth, runner.num_layers)
+            images, is_video, _, described = read_inputs(image, video, shown)
+            rungs, info = ladder.run_ladder(runner, images, q, method, settings, video=is_video,
+                                            video_meta=_video_meta(described) if is_video else None)
+        except guards.InputError as e:
+            raise gr.Error(str(e), title="Input refused")
+        except OutOfMemory as e:
+            raise gr.Error(str(e), title="Out of memory")
+        except Exception as e:
+            log.exception("ladder failed")
+            raise gr.Error(f"The model could not answer ({type(e).__name__}: {e}).", title="Generation failed")
+        thumbs = []
+        for r in rungs:
+            if r.selection is None:
+                thumb = overlay.fit(images[0], 220)
+            else:
+                picture, group = _main_view(r.selection, images)
+                thumb = overlay.category_overlay(picture, group, legend=False, max_side=220, method=method)
+            thumbs.append((thumb, f"{r.keep_ratio * 100:.1f}% · {r.kept_tokens} tokens · "
+                                  f"{r.prefill_s * 1000:.0f} ms · {r.answer!r}"))
+        rows = [r.row() for r in rungs]
+        table = ("| keep | visual tokens | prefill | answer | same as 100% |\n|---|---|---|---|---|\n" +
+                 "\n".join(f"| {r.keep_ratio * 100:.1f}% | {r.kept_tokens} of {r.visual_tokens} | "
+                           f"{r.prefill_s * 1000:.0f} ms | {r.answer} | {'yes' if r.agrees else '**no**'} |"
+                           for r in rungs) +
+                 f"\n\n{len(rungs)} answers in {info['seconds']:.2f} s; the vision encoder ran "
+                 f"{info['encoded']} time(s) for {info['encoded'] + info['reused']} prefills, so the prefill "
+                 f"times are the language model's." + (" CPU timing: indicative only." if runner.device.type == "cpu"
+                                                       else ""))
+        return thumbs, table, ladder.plot(rungs), {"rungs": rows, **info, "method": method}
+
+    return run_ladder
 
 
 def replay(run_id: str | None, step: int):
@@ -427,6 +533,7 @@ def build_demo(runner: Runner) -> gr.Blocks:
                     first_chunk = Slider(1, 128, value=DEFAULT_FIRST_CHUNK, step=1, label="PC-MMR first chunk")
                     growth = Slider(1.0, 4.0, value=DEFAULT_GROWTH, step=0.25, label="PC-MMR chunk growth")
                 run = gr.Button("Compare", variant="primary", elem_id="run")
+                run_ladder = gr.Button("Ratio ladder: 100 / 33 / 22 / 11 / 5 %", elem_id="ladder-run")
             with gr.Column(scale=2):
                 with gr.Row():
                     with gr.Column():
@@ -436,8 +543,8 @@ def build_demo(runner: Runner) -> gr.Blocks:
                         ans_p = gr.Textbox(label="Pruned answer", elem_id="answer-pruned", interactive=False)
                         stats_p = gr.Markdown(elem_id="stats-pruned")
                 summary = gr.Markdown(elem_id="summary")
-                with gr.Tabs():
-                    with gr.Tab("Categories"):
+                with gr.Tabs(elem_id="result-tabs") as result_tabs:
+                    with gr.Tab("Categories", id="categories"):
                         opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity",
                                             elem_id="opacity")
                         over = gr.Image(label="Kept (outlined) and dropped (faded) patches; click a patch: what "
@@ -458,9 +565,16 @@ def build_demo(runner: Runner) -> gr.Blocks:
                         cover_text = gr.Markdown(elem_id="cover-text")
                     with gr.Tab("Video frames"):
                         gallery = gr.Gallery(label="Sampled frames with their categories", columns=4, elem_id="frames")
+                    with gr.Tab("Ratio ladder", id="ladder", elem_id="tab-ladder"):
+                        ladder_gallery = gr.Gallery(label="One question at five keep ratios (one request)", columns=5,
+                                                    height=260, elem_id="ladder-gallery", format="png")
+                        ladder_table = gr.Markdown(elem_id="ladder-table")
+                        ladder_plot = gr.Image(label="Prefill time and agreement vs keep ratio", type="pil",
+                                               format="png", interactive=False, elem_id="ladder-plot")
                 with gr.Accordion("Metrics and Selection (JSON)", open=False):
                     metrics = gr.JSON(label="Metrics")
                     sel_json = gr.JSON(label="Selection")
+                    ladder_json = gr.JSON(label="Ladder")
                     download = gr.File(label="Download the Selection (JSON)")
 
         outputs = [ans_u, ans_p, over, metrics, sel_json]
@@ -474,7 +588,15 @@ def build_demo(runner: Runner) -> gr.Blocks:
             api_name="compare", concurrency_limit=1, concurrency_id="gpu")
         sel_json.change(views, [image, video, shown, metrics, sel_json, opacity], pictures,
                         api_visibility="private")
-        opacity.release(redraw, [run_key, opacity], over, api_visibility="private")
+        opacity.release(redraw, [run_key, opacity, keep], over, api_visibility="private")
+        keep.release(slide, [run_key, keep, opacity], [over, legend], queue=False, show_progress="hidden",
+                     api_visibility="private")
+        gr.api(overlay_at, api_name="overlay_at")
+        result_tabs_ladder = [ladder_gallery, ladder_table, ladder_plot, ladder_json]
+        run_ladder.click(lambda: gr.Tabs(selected="ladder"), None, result_tabs, queue=False,
+                         api_visibility="private").then(
+            make_ladder(runner), [image, video, question, method, layer, lam, first_chunk, growth, shown],
+            result_tabs_ladder, api_name="ladder", concurrency_limit=1, concurrency_id="gpu")
         step.release(replay, [run_key, step], replay_img, api_visibility="private")
         token.input(cover, [run_key, token], [cover_img, cover_text], api_visibility="private")
         over.select(clicked, run_key, [token, cover_img, cover_text], api_visibility="private")

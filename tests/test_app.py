@@ -325,3 +325,26 @@ def test_every_shipped_example_is_answered_right_unpruned_or_marked(served):
             continue
         ans_u, *_ = compare(client, image=row[0], video=row[1], question=row[2])
         assert ans_u.strip().lower() == entry["answer"].lower(), (entry["file"], ans_u)
+
+
+def test_ladder_and_overlay_at_through_the_api(served):
+    client, _, tmp = served
+    img = example((".png", ".jpg"), tmp)
+    thumbs, table, plot, rows = client.predict(handle_file(img), None, "What is it?", "fastv", api_name="/ladder")
+    assert len(thumbs) == 5 and Image.open(plot).size[0] > 0 and "keep" in table
+    got = rows["rungs"]
+    assert [round(r["keep_ratio"], 3) for r in got] == [1.0, 0.333, 0.222, 0.111, 0.05]
+    assert got[0]["agrees"] and got[0]["kept_tokens"] == got[0]["visual_tokens"]
+    assert [r["kept_tokens"] for r in got] == sorted((r["kept_tokens"] for r in got), reverse=True)
+    assert rows["encoded"] == 1                                         # one vision-encoder pass
+    with pytest.raises(Exception, match="method: unknown method"):
+        client.predict(handle_file(img), None, "What is it?", "nope", api_name="/ladder")
+
+    *_, metrics, sel = compare(client, image=img, keep=0.5)
+    path, counts = client.predict(metrics["run_id"], 0.1, 0.5, api_name="/overlay_at")
+    fresh = compare(client, image=img, keep=0.1)[4]                    # what a real run at 0.1 keeps
+    assert counts["kept"] == len(fresh["groups"][0]["kept"]) and Image.open(path).format == "PNG"
+    with pytest.raises(Exception, match="run_id"):
+        client.predict("nope", 0.1, 0.5, api_name="/overlay_at")
+    with pytest.raises(Exception, match="keep_ratio"):
+        client.predict(metrics["run_id"], 7, 0.5, api_name="/overlay_at")

@@ -2,7 +2,9 @@
 import json
 import os
 import shutil
+import statistics
 import subprocess
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -35,13 +37,20 @@ def photo(path, w=1600, h=1200):
 
 
 def test_browser_visitor_flow(tmp_path):
-    demo, url, _ = launch()
-    shot = tmp_path / "demo.png"
+    demo, url, runner = launch()
+    shot, ladder_shot = tmp_path / "demo.png", tmp_path / "ladder.png"
     video = raw_m4v(tmp_path / "clip.m4v", 60, size=(160, 120))        # no browser plays a raw MPEG-4 stream
+    runs, real = [], runner.generate
+
+    def generate(*a, **k):                                              # every model run, timed
+        runs.append(time.time() * 1000)
+        return real(*a, **k)
+    runner.generate = generate
     try:
-        proc = subprocess.run(["node", str(SCRIPT), url, photo(tmp_path / "photo.jpg"), video, str(shot)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(["node", str(SCRIPT), url, photo(tmp_path / "photo.jpg"), video, str(shot),
+                               str(ladder_shot)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     finally:
+        runner.generate = real
         demo.close()
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, proc.stdout + proc.stderr
@@ -53,6 +62,14 @@ def test_browser_visitor_flow(tmp_path):
     assert "Visual tokens" in found["summary"] and "CPU" in found["summary"] and "1600 × 1200" in found["summary"]
     assert found["opacity_redraw"], found
     assert "token" in found["cover_text"]
+    # the keep-ratio slider after a Compare: redrawn at once from the pick order, without a model run
+    assert not [t for t in runs if found["slider_start"] <= t <= found["slider_end"]], "the model ran"
+    assert "no model run" in found["slider_legend"] and found["slider_answer"]
+    median = statistics.median(found["slider_ms"])
+    print(f"\nslider redraw: median {median:.0f} ms over {len(found['slider_ms'])} moves {found['slider_ms']}")
+    assert median < 200, found["slider_ms"]
+    # the ratio ladder
+    assert found["ladder_thumbs"] == 5 and "same as 100%" in found["ladder_table"]
     # the tab rule: the visible Video tab's video was used, then the Image tab's image; no player error
     assert found["preview_frames"] >= 1 and "frames will be given to the model" in found["frames_info"]
     assert "Video tab" in found["video_summary"] and "all frames: kept" in found["video_legend"]
@@ -71,4 +88,5 @@ def test_browser_visitor_flow(tmp_path):
         img = Image.open(shot).convert("RGB")
         img.thumbnail((1000, 2400))
         img.quantize(128).save(out, optimize=True)
-        print(f"README screenshot: {out}")
+        Image.open(ladder_shot).convert("RGB").quantize(128).save(out.with_name("ladder.png"), optimize=True)
+        print(f"README screenshots: {out}, {out.with_name('ladder.png')}")

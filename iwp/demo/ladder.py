@@ -144,7 +144,7 @@ def plot(rungs: list[Rung], width: int = 420, height: int = 240) -> Image.Image:
     img = Image.new("RGB", (width, height), (255, 255, 255))
     d = ImageDraw.Draw(img)
     font = overlay._font(12)
-    left, right, top, bottom = 56, width - 14, 14, height - 46
+    left, right, top, bottom = 56, width - 30, 20, height - 46
     d.rectangle([left, top, right, bottom], outline=(160, 160, 160))
     ms = [r.prefill_s * 1000 for r in rungs]
     hi = max(ms) * 1.15 if ms and max(ms) > 0 else 1.0

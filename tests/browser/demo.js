@@ -7,7 +7,7 @@ const os = require("os");
 const path = require("path");
 const { chromium } = require("playwright-core");
 
-const [url, photo, video, screenshot] = process.argv.slice(2);
+const [url, photo, video, screenshot, ladderShot] = process.argv.slice(2);
 
 (async () => {
   // Playwright passes --headless itself and takes the profile directory as userDataDir (a fresh one).
@@ -66,6 +66,26 @@ const [url, photo, video, screenshot] = process.argv.slice(2);
     await page.waitForTimeout(300);
     await page.screenshot({ path: screenshot, fullPage: true });
 
+    // 1b. Move the keep-ratio slider: the overlay is redrawn from the recorded pick order (no model run).
+    result.step = "slider";
+    const keep = page.locator("#keep-ratio input[type=range]");
+    result.slider_ms = [];
+    result.slider_start = Date.now();
+    for (const v of ["0.1", "0.3", "0.2", "0.05", "0.15", "0.4", "0.25"]) {
+      const src = await overlaySrc();
+      const t0 = Date.now();
+      await keep.fill(v);
+      await keep.dispatchEvent("pointerup");
+      await page.waitForFunction((b) => {
+        const img = document.querySelector("#overlay img");
+        return img && img.src !== b && img.complete && img.naturalWidth > 0;
+      }, src, { timeout: 15000 });
+      result.slider_ms.push(Date.now() - t0);
+    }
+    result.slider_end = Date.now();
+    result.slider_legend = await text("legend");
+    result.slider_answer = await value("answer-pruned");
+
     // 2. Click a patch on the overlay: the cover tab names that patch and the kept patch covering it.
     result.step = "cover";
     const overlay = page.locator("#overlay img").first();
@@ -116,6 +136,18 @@ const [url, photo, video, screenshot] = process.argv.slice(2);
     await answered();
     await summaryHas("Speed-up");
     result.toasts_after_fix = await toasts();
+
+    // 4b. The ratio ladder: five answers, thumbnails, a plot.
+    result.step = "ladder";
+    await page.locator("#ladder-run").click();
+    await page.locator("#ladder-gallery img").nth(4).waitFor({ timeout: 90000 });
+    await page.locator("#ladder-plot img").first().waitFor();
+    result.ladder_thumbs = await page.locator("#ladder-gallery img").count();
+    result.ladder_table = await text("ladder-table");
+    await page.evaluate(() => document.querySelectorAll(".toast-close").forEach((b) => b.click()));
+    await page.waitForTimeout(300);
+    if (ladderShot) await page.locator("#result-tabs").screenshot({ path: ladderShot });
+    await page.getByRole("tab", { name: "Categories" }).click();
 
     // 5. A video example: its tab is shown and its frames drawn.
     result.step = "example";
