@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="overlay.png", help="where to write the category overlay")
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    ap.add_argument("--ladder", action="store_true",
+                    help="answer at keep ratios 100/33.3/22.2/11.1/5%% instead (one vision-encoder pass); "
+                         "--out then gets the prefill/agreement plot")
     args = ap.parse_args(argv)
 
     # The demo's input checks and runner, so that the CLI and the demo answer identically.
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}", file=sys.stderr)
     runner = Runner.load(args.model, max_new_tokens=args.max_new_tokens)
     runner.warmup()                         # so that the unpruned run does not pay the one-off costs
+    if args.ladder:
+        return _ladder(runner, image, question, method, args, out)
     try:
         result = runner.compare([image], question, keep_ratio=keep, method=method, layer=args.layer)
     except OutOfMemory as e:
@@ -83,6 +88,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"overlay written to {out}")
     if args.json:
         print(json.dumps(m))
+    return 0
+
+
+def _ladder(runner, image, question: str, method: str, args, out: Path) -> int:
+    """--ladder: one question at the ladder's keep ratios, printed as a table; the plot goes to --out."""
+    from .demo import ladder
+    from .demo.runner import OutOfMemory
+    settings = {} if args.layer is None else {"layer": args.layer}
+    try:
+        rungs, info = ladder.run_ladder(runner, [image], question, method, settings)
+    except OutOfMemory as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    print(f"model {runner.name} · image {args.image} · method {method} · ladder in {info['seconds']:.2f} s "
+          f"(vision encoder ran {info['encoded']}x for {info['encoded'] + info['reused']} prefills)")
+    print(f"{'keep':>7} {'tokens':>13} {'prefill ms':>11} {'total ms':>9}  answer (same as 100%?)")
+    for r in rungs:
+        print(f"{r.keep_ratio * 100:6.1f}% {r.kept_tokens:>6} of {r.visual_tokens:<4} {r.prefill_s * 1000:11.1f} "
+              f"{r.total_s * 1000:9.1f}  {r.answer!r} ({'same' if r.agrees else 'differs'})")
+    ladder.plot(rungs).save(out)
+    print(f"plot written to {out}")
+    if args.json:
+        print(json.dumps({"rungs": [r.row() for r in rungs], **info}))
     return 0
 
 

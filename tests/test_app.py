@@ -348,3 +348,14 @@ def test_ladder_and_overlay_at_through_the_api(served):
         client.predict("nope", 0.1, 0.5, api_name="/overlay_at")
     with pytest.raises(Exception, match="keep_ratio"):
         client.predict(metrics["run_id"], 7, 0.5, api_name="/overlay_at")
+
+
+def test_command_line_ladder(tmp_path, capsys):
+    from iwp.__main__ import main
+    out = tmp_path / "ladder"
+    assert main(["--image", example((".png", ".jpg"), tmp_path), "--question", "What is it?", "--ladder",
+                 "--model", model_under_test(), "--out", str(out), "--max-new-tokens", "2", "--json"]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads(printed.strip().splitlines()[-1])["rungs"]
+    assert len(rows) == 5 and "100.0%" in printed and "5.0%" in printed and "vision encoder ran 1x" in printed
+    assert Image.open(out.with_suffix(".png")).size[0] > 0
