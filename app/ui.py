@@ -338,8 +338,17 @@ def redraw(run_id: str | None, opacity: float, keep_ratio: float | None = None):
     if keep_ratio is not None and abs(float(keep_ratio) - run.selection.keep_ratio) > 1e-9:
         found = run.at(float(keep_ratio), opacity)
         if found is not None:
-            return found[0]
-    return run.overlay(opacity)
+            return _fast_png(found[0], f"redraw-{run_id}")
+    return _fast_png(run.overlay(opacity), f"redraw-{run_id}")
+
+
+def _fast_png(image: Image.Image, name: str) -> str:
+    """A lossless PNG written with light compression (photos compress slowly at gradio's default level,
+    about 100 ms on a CPU): what the instant redraws return. One file per run and kind, overwritten (gradio
+    copies it into its own cache when it sends it)."""
+    path = _out_dir() / f"{name}.png"
+    image.save(path, compress_level=1)
+    return str(path)
 
 
 def slide(run_id: str | None, keep_ratio, opacity: float = 0.5):
@@ -356,7 +365,7 @@ def slide(run_id: str | None, keep_ratio, opacity: float = 0.5):
     if found is None:
         return gr.skip(), (f"`{run.selection.method}` is not prefix-stable: its picks at another ratio are not a "
                            "prefix of these; press Compare to see them.")
-    return found[0], found[1]
+    return _fast_png(found[0], f"slide-{run_id}"), found[1]
 
 
 def overlay_at(run_id: str, keep_ratio: float, opacity: float = 0.5) -> tuple[str, dict]:

@@ -242,7 +242,7 @@ def test_picture_events_called_directly(served):
     picker, cover_img, text = ui.clicked(run_id, evt)                     # a click on the overlay
     assert picker.value == f"0/{t}" and f"token {t} was dropped" in text
     assert ui.replay(run_id, 1).size == replay_img.size
-    assert ui.redraw(run_id, 0.0).size == over.size
+    assert Image.open(ui.redraw(run_id, 0.0)).size == over.size
 
 
 def test_picture_events_never_decode_the_input_again(served, monkeypatch):
