@@ -8,6 +8,7 @@ encoding the images once.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import dataclass, replace
 
@@ -75,13 +76,19 @@ def one_vision_pass(model):
 
     def forward(*args, **kwargs):
         pixels = args[0] if args else next(iter(kwargs.values()), None)
-        key = (id(pixels), tuple(getattr(pixels, "shape", ())))
+        # the same memory seen the same way is the same input (models pass fresh views of one tensor, e.g.
+        # OneVision reshapes the video's pixels on every call); the tensor is kept so its memory stays ours
+        key = ((pixels.data_ptr(), tuple(pixels.shape), pixels.stride(), pixels.dtype)
+               if isinstance(pixels, torch.Tensor) else id(pixels))
         if key not in memo:
             stats["encoded"] += 1
-            memo[key] = (pixels, real(*args, **kwargs))      # the tensor is kept so its id stays unique
+            memo[key] = (pixels, real(*args, **kwargs))
         else:
             stats["reused"] += 1
-        return memo[key][1]
+        out = memo[key][1]
+        # a fresh container each time: get_image_features may reassign its fields (Qwen2.5-VL splits
+        # pooler_output in place); the tensors inside are shared, and nothing writes into them
+        return copy.copy(out) if isinstance(out, dict) else out
     encoder.forward = forward
     try:
         yield stats
@@ -110,14 +117,14 @@ class Rung:
 def run_ladder(runner, images: list[Image.Image], question: str, method: str = "iwp", settings: dict | None = None,
                ratios=LADDER, video: bool = False, video_meta: dict | None = None) -> tuple[list[Rung], dict]:
     """Answer at each ratio (one prefill warm-up first, all under one vision-encoder pass); returns the
-    rungs and {seconds, encoded, reused}."""
+    rungs and {seconds, selections_s (building the Selections for the pictures), encoded, reused}."""
     settings = settings or {}
     start = time.perf_counter()
     with runner._lock, one_vision_pass(runner.model) as stats:
         batch = runner.inputs(images, question, video=video, video_meta=video_meta)
         native = video and runner.native_video
         sizes = [images[0].size] if native else [im.size for im in images]
-        raw = []
+        raw, recording = [], 0.0
         try:
             iwp.remove(runner.model)
             runner._warm(batch)                               # encodes the images; warms both code paths
@@ -127,8 +134,10 @@ def run_ladder(runner, images: list[Image.Image], question: str, method: str = "
                 else:
                     iwp.apply(runner.model, keep_ratio=r, method=method, **settings)
                 answer, prefill, total, _, _ = runner.generate(batch)
+                t0 = time.perf_counter()
                 sel = (iwp.last_selection(runner.model, image_sizes=sizes, processor=runner.processor)[0]
                        if r < 1.0 else None)
+                recording += time.perf_counter() - t0
                 raw.append((r, answer, prefill, total, sel))
         finally:
             iwp.remove(runner.model)
@@ -136,7 +145,7 @@ def run_ladder(runner, images: list[Image.Image], question: str, method: str = "
     full = next((a for r, a, *_ in raw if r >= 1.0), raw[0][1])
     rungs = [Rung(r, a, p, t, n_visual, s.n_kept if s is not None else n_visual,
                   a.strip().lower() == full.strip().lower(), s) for r, a, p, t, s in raw]
-    return rungs, {"seconds": round(time.perf_counter() - start, 4), **stats}
+    return rungs, {"seconds": round(time.perf_counter() - start, 4), "selections_s": round(recording, 4), **stats}
 
 
 def plot(rungs: list[Rung], width: int = 420, height: int = 240) -> Image.Image:
