@@ -5,7 +5,6 @@ import time
 import pytest
 import torch
 
-import iwp
 from iwp.baselines import SelectorInput
 from iwp.demo import ladder
 from iwp.selectors import SELECTORS, select
