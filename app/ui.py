@@ -470,7 +470,7 @@ def clicked(run_id: str | None, evt: gr.SelectData):
     img, text = overlay.cover_view(picture, group, t)
     if run.selection.groups[0].kind == "video":
         return gr.skip(), img, text
-    return gr.Dropdown(value=f"0/{t}"), img, text
+    return gr.update(value=f"0/{t}"), img, text      # the choices stay those views() set
 
 
 def video_info(video):

@@ -17,6 +17,7 @@ from PIL import Image
 import iwp
 from app import ui
 from iwp import overlay
+from iwp.demo.ladder import budget as ladder_budget
 from tests.app_helpers import EXAMPLES, example, launch, model_under_test, png_header
 
 
@@ -240,9 +241,21 @@ def test_picture_events_called_directly(served):
     sx, sy = drawn.width / picture.width, drawn.height / picture.height
     evt = gr.SelectData(None, {"index": [(x0 + x1) / 2 * sx, (y0 + y1) / 2 * sy], "value": None})
     picker, cover_img, text = ui.clicked(run_id, evt)                     # a click on the overlay
-    assert picker.value == f"0/{t}" and f"token {t} was dropped" in text
+    assert picker["value"] == f"0/{t}" and f"token {t} was dropped" in text
     assert ui.replay(run_id, 1).size == replay_img.size
     assert Image.open(ui.redraw(run_id, 0.0)).size == over.size
+    img_path, note = ui.slide(run_id, 0.1)                                # the keep slider, no model run
+    assert "no model run" in note and Image.open(img_path).size == over.size
+    assert f"kept {ladder_budget(g.n, 0.1)} of {g.n}" in note
+
+
+def test_slider_says_so_for_a_selector_without_the_prefix_property(served, monkeypatch):
+    _, runner, tmp = served
+    img = example((".png", ".jpg"), tmp)
+    *_, metrics, sel = ui.make_compare(runner)(img, None, "What is it?", 0.25, "fastv", progress=lambda *a, **k: None)
+    monkeypatch.setattr(ui.ladder, "PREFIX_STABLE", ("iwp",))
+    picture, note = ui.slide(metrics["run_id"], 0.1)
+    assert "not prefix-stable" in note and "press Compare" in note
 
 
 def test_picture_events_never_decode_the_input_again(served, monkeypatch):
