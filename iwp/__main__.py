@@ -8,10 +8,33 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from PIL import Image
 
 from .selectors import SELECTORS
+
+
+IMAGE_OUT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def _out_path(out: str) -> Path:
+    """Where the overlay goes: its folder is created; no extension means PNG; an unknown one is refused
+    before the model runs."""
+    from .demo.inputs import InputError
+    path = Path(out)
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    if path.suffix.lower() not in IMAGE_OUT:
+        raise InputError(f"--out {out!r}: unsupported picture format {path.suffix!r}; use one of "
+                         f"{', '.join(sorted(IMAGE_OUT))} (or no extension for PNG).")
+    if path.exists() and path.is_dir():
+        raise InputError(f"--out {out!r} is a folder; give a file name such as {path / 'overlay.png'}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out!r}: cannot create the folder {path.parent} ({e.strerror}).")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="overlay.png", help="where to write the category overlay")
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    ap.add_argument("--ladder", action="store_true",
+                    help="answer at keep ratios 100/33.3/22.2/11.1/5%% instead (one vision-encoder pass); "
+                         "--out then gets the prefill/agreement plot")
     args = ap.parse_args(argv)
 
     # The demo's input checks and runner, so that the CLI and the demo answer identically.
@@ -51,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             # the sampled window's length, so the processor spaces the frames in time as they were sampled
             meta = ({"total_num_frames": clip.indices[-1] + 1, "fps": clip.fps, "frames_indices": clip.indices}
                     if clip.fps else None)
+        out = _out_path(args.out)
     except guards.InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -58,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}", file=sys.stderr)
     runner = Runner.load(args.model, max_new_tokens=args.max_new_tokens)
     runner.warmup()                         # so that the unpruned run does not pay the one-off costs
+    if args.ladder:
+        if not args.image:
+            print("error: --ladder takes an --image", file=sys.stderr)
+            return 2
+        return _ladder(runner, images[0], question, method, args, out)
     try:
         result = runner.compare(images, question, keep_ratio=keep, method=method, layer=args.layer,
                                 video=bool(args.video), video_meta=meta)
@@ -78,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{'agree' if m['answers_agree'] else 'differ'}; first-token total variation {m['first_token_tv']:.4f}, "
           f"KL {m['first_token_kl']:.4f}")
     if args.image:
-        overlay.category_overlay(images[0], result.selection.groups[0]).save(args.out)
+        overlay.category_overlay(images[0], result.selection.groups[0], method=method).save(out)
     else:
-        _side_by_side(overlay.video_overlays(images, result.selection)).save(args.out)
-    print(f"overlay written to {args.out}")
+        _side_by_side(overlay.video_overlays(images, result.selection)).save(out)
+    print(f"overlay written to {out}")
     if args.json:
         print(json.dumps(m))
     return 0
@@ -94,6 +126,29 @@ def _side_by_side(pictures: list) -> "Image.Image":
         out.paste(p, (x, 0))
         x += p.width
     return out
+
+
+def _ladder(runner, image, question: str, method: str, args, out: Path) -> int:
+    """--ladder: one question at the ladder's keep ratios, printed as a table; the plot goes to --out."""
+    from .demo import ladder
+    from .demo.runner import OutOfMemory
+    settings = {} if args.layer is None else {"layer": args.layer}
+    try:
+        rungs, info = ladder.run_ladder(runner, [image], question, method, settings)
+    except OutOfMemory as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    print(f"model {runner.name} · image {args.image} · method {method} · ladder in {info['seconds']:.2f} s "
+          f"(vision encoder ran {info['encoded']}x for {info['encoded'] + info['reused']} prefills)")
+    print(f"{'keep':>7} {'tokens':>13} {'prefill ms':>11} {'total ms':>9}  answer (same as 100%?)")
+    for r in rungs:
+        print(f"{r.keep_ratio * 100:6.1f}% {r.kept_tokens:>6} of {r.visual_tokens:<4} {r.prefill_s * 1000:11.1f} "
+              f"{r.total_s * 1000:9.1f}  {r.answer!r} ({'same' if r.agrees else 'differs'})")
+    ladder.plot(rungs).save(out)
+    print(f"plot written to {out}")
+    if args.json:
+        print(json.dumps({"rungs": [r.row() for r in rungs], **info}))
+    return 0
 
 
 if __name__ == "__main__":

@@ -87,17 +87,80 @@ def _with_strip(image: Image.Image, entries: list[tuple[tuple[int, int, int], st
     return canvas
 
 
+# What the four categories mean for a method other than IWP: the same kept/dropped x magnitude top-K
+# split, without IWP's reading of it ("for diversity", "as duplicate") that only IWP's objective justifies.
+PLAIN_LABELS = {KEPT_MAGNITUDE: "kept, in magnitude top-K", KEPT_DIVERSITY: "kept, outside magnitude top-K",
+                DROPPED_DUPLICATE: "dropped, in magnitude top-K", DROPPED_LOW: "dropped, outside magnitude top-K"}
+DROPPED_SHADE = {DROPPED_DUPLICATE: (245, 130, 20), DROPPED_LOW: (25, 25, 25)}   # what dropped patches fade to
+UNSEEN = "not seen by the model (cropped or padding)"
+KEPT_TINT = 0.5                # a kept patch is tinted with opacity * KEPT_TINT of its colour, and outlined
+DROP_FADE = (0.35, 0.5)        # a dropped patch fades by DROP_FADE[0] + opacity * DROP_FADE[1]
+
+
+def legend_colour(category: str) -> tuple[int, int, int]:
+    """The colour that marks the category in category_overlay: outline (kept) or fade (dropped)."""
+    return DROPPED_SHADE.get(category, CATEGORY_COLORS[category])
+
+
+def category_labels(method: str) -> dict[str, str]:
+    """Category -> the label that is true for the method (IWP's own names only for IWP)."""
+    return {c: c for c in CATEGORIES} if method == "iwp" else dict(PLAIN_LABELS)
+
+
+def unseen_mask(group: TokenGroup, size: tuple[int, int]) -> np.ndarray | None:
+    """[H, W] bool: the pixels of the drawn picture that no visual token covers (what a centre crop cut
+    off, or padding); None when the tokens carry no boxes."""
+    boxes = _pixel_boxes(group, size)
+    if not boxes:
+        return None
+    seen = np.zeros((size[1], size[0]), bool)
+    for _, (x0, y0, x1, y1) in boxes:
+        seen[y0:y1, x0:x1] = True
+    return ~seen
+
+
+def _hatch(out: np.ndarray, mask: np.ndarray) -> None:
+    """Darken the masked pixels with diagonal stripes, in place."""
+    yy, xx = np.nonzero(mask)
+    stripe = ((xx + yy) // 5) % 2 == 0
+    out[yy, xx] = out[yy, xx] * np.where(stripe, 0.25, 0.6)[:, None]
+
+
 def category_overlay(image: Image.Image, group: TokenGroup, legend: bool = True, max_side: int = MAX_SIDE,
-                     alpha: float = 0.5) -> Image.Image:
-    """Every visual patch filled with its category colour (one fixed colour per category), plus a legend."""
+                     opacity: float = 0.5, method: str = "iwp", title: str | None = None) -> Image.Image:
+    """Kept patches outlined in their category colour (lightly tinted), dropped ones faded (dark: low
+    magnitude; orange: in the magnitude top-K), the area the model never sees hatched; a legend below.
+    Readable on photos: the kept content stays visible; opacity (0..1) sets how strong the fills are."""
     pic = fit(image, max_side)
-    colors = np.array([CATEGORY_COLORS[c] for c in group.categories], np.float32).reshape(-1, 3)
-    out = _blend(pic, group, colors, np.full(group.n, alpha, np.float32))
+    opacity = float(min(max(opacity, 0.0), 1.0))
+    base = np.asarray(pic, dtype=np.float32)
+    out = base.copy()
+    kept = set(group.kept)
+    boxes = _pixel_boxes(group, pic.size)
+    for t, (x0, y0, x1, y1) in boxes:
+        c = group.categories[t]
+        if t in kept:
+            a, colour = opacity * KEPT_TINT, CATEGORY_COLORS[c]
+        else:
+            a, colour = DROP_FADE[0] + opacity * DROP_FADE[1], DROPPED_SHADE[c]
+        out[y0:y1, x0:x1] = base[y0:y1, x0:x1] * (1 - a) + np.array(colour, np.float32) * a
+    unseen = unseen_mask(group, pic.size)
+    if unseen is not None and unseen.any():
+        _hatch(out, unseen)
+    drawn = Image.fromarray(out.round().astype(np.uint8))
+    d = ImageDraw.Draw(drawn)
+    for t, (x0, y0, x1, y1) in boxes:
+        if t in kept:
+            width = 2 if min(x1 - x0, y1 - y0) >= 8 else 1
+            d.rectangle([x0, y0, x1 - 1, y1 - 1], outline=CATEGORY_COLORS[group.categories[t]], width=width)
     if not legend:
-        return out
+        return drawn
+    labels = category_labels(method)
     counts = {c: group.categories.count(c) for c in CATEGORIES}
-    return _with_strip(out, [(CATEGORY_COLORS[c], f"{c}: {counts[c]}") for c in CATEGORIES],
-                       title=f"kept {len(group.kept)} of {group.n} visual tokens")
+    entries = [(legend_colour(c), f"{labels[c]}: {counts[c]}") for c in CATEGORIES]
+    if unseen is not None and unseen.any():
+        entries.append(((60, 60, 60), UNSEEN))
+    return _with_strip(drawn, entries, title=title or f"kept {len(group.kept)} of {group.n} visual tokens")
 
 
 def heat_colors(values: np.ndarray) -> np.ndarray:

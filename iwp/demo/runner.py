@@ -96,6 +96,7 @@ class Run:
     new_tokens: int
     first_logits: torch.Tensor = field(repr=False)
     stages: dict[str, float] | None = None    # seconds per stage (stages.STAGES), same generate() call
+    warm_prefill_s: float = 0.0               # the prefill of the untimed warm-up run just before
 
 
 @dataclass
@@ -107,6 +108,9 @@ class Comparison:
     images: list[Image.Image]
     video_mode: str | None = None             # processing.NATIVE / FRAMES for a video, None for an image
     notes: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    prefill_noise: float = 0.0       # relative spread of two prefills of the same arm (warm-up vs timed)
+    order: iwp.Selection | None = None   # the selector's full pick order (every ratio is a prefix of it)
 
     def metrics(self) -> dict:
         """Everything the demo reports, as plain JSON-able numbers."""
@@ -117,10 +121,13 @@ class Comparison:
         side = lambda r: {"answer": r.answer, "prefill_s": round(r.prefill_s, 4), "total_s": round(r.total_s, 4),
                           "visual_tokens": r.visual_tokens, "new_tokens": r.new_tokens,
                           "stages_s": {k: round(v, 5) for k, v in r.stages.items()} if r.stages else None}
+        speedup_prefill = self.unpruned.prefill_s / max(self.pruned.prefill_s, 1e-9)
         return {
             "unpruned": side(self.unpruned), "pruned": side(self.pruned),
             "speedup_total": round(self.unpruned.total_s / max(self.pruned.total_s, 1e-9), 3),
-            "speedup_prefill": round(self.unpruned.prefill_s / max(self.pruned.prefill_s, 1e-9), 3),
+            "speedup_prefill": round(speedup_prefill, 3),
+            "device": self.device, "prefill_noise": round(self.prefill_noise, 3),
+            "speedup_within_noise": abs(speedup_prefill - 1) <= self.prefill_noise,
             "answers_agree": self.unpruned.answer.strip().lower() == self.pruned.answer.strip().lower(),
             "first_token_tv": round(tv, 6), "first_token_kl": round(max(kl, 0.0), 6),
             "first_token_same": int(p.argmax()) == int(q.argmax()),
@@ -211,6 +218,7 @@ class Runner:
         if keep_ratio is not None:
             iwp.apply(self.model, keep_ratio=keep_ratio, method=method, **settings)
         try:
+            warm = self._warm(given.batch)               # both arms timed equally warm
             with self._stage_clock() as clock:
                 answer, prefill, total, new, logits = self.generate(given.batch, clock)
             selection = (iwp.last_selection(self.model, image_sizes=given.sizes, processor=self.processor)[0]
@@ -219,7 +227,7 @@ class Runner:
             iwp.remove(self.model)
         layer = selection.layer if selection is not None else settings.get("layer", self.default_layer)
         visual = selection.n_kept if selection is not None else self.visual_tokens(given)
-        return Run(answer, prefill, total, visual, new, logits, clock.seconds(layer)), selection
+        return Run(answer, prefill, total, visual, new, logits, clock.seconds(layer), warm), selection
 
     @property
     def default_layer(self) -> int:
@@ -241,6 +249,7 @@ class Runner:
             unpruned, _ = self.run(given, **settings)
             progress(0.55, desc="pruned generation")
             pruned, selection = self.run(given, keep_ratio=keep_ratio, method=method, **settings)
+            order = self._order(given.batch, method, settings, given.sizes)
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
             given.batch = None                       # free the inputs before emptying the cache
             if torch.cuda.is_available():
@@ -249,4 +258,26 @@ class Runner:
                               "lower keep ratio.") from e
         if unpruned.stages and pruned.stages and selection.layer != settings.get("layer", self.default_layer):
             unpruned.stages = None                   # split at another layer than the pruned run's: not comparable
-        return Comparison(unpruned, pruned, selection, images, given.video_mode, given.notes)
+        noise = max(abs(x.warm_prefill_s - x.prefill_s) / max(x.prefill_s, 1e-9) for x in (unpruned, pruned))
+        return Comparison(unpruned, pruned, selection, images, given.video_mode, given.notes, self.device.type,
+                          noise, order)
+
+    def _order(self, batch, method: str, settings: dict, sizes) -> iwp.Selection:
+        """The selector's full pick order, from one untimed prefill at keep_ratio 1.0 (scores every token,
+        cuts none): what the keep-ratio slider redraws from without running the model."""
+        iwp.apply(self.model, keep_ratio=1.0, method=method, **settings)
+        try:
+            self._warm(batch)
+            return iwp.last_selection(self.model, image_sizes=sizes, processor=self.processor)[0]
+        finally:
+            iwp.remove(self.model)
+
+    def _warm(self, batch) -> float:
+        """One prefill-only run of the arm about to be timed, so that both arms are timed equally warm;
+        returns its prefill time (its spread from the timed one estimates the timing noise)."""
+        keep = self.max_new_tokens
+        self.max_new_tokens = 1
+        try:
+            return self.generate(batch)[1]
+        finally:
+            self.max_new_tokens = keep
