@@ -31,8 +31,7 @@ def test_a_prefill_that_skips_the_cut_raises(tiny):
     inputs = one_image(proc)
     iwp.apply(model, keep_ratio=0.5)
     state = model._iwp_state
-    layer_hooks = state.handles[2:]                  # the decoder-layer pre-hooks: as if they were bypassed
-    layer_hooks[iwp.DEFAULT_LAYER].remove()
+    state.layer_handles[iwp.DEFAULT_LAYER].remove()   # layer K's pre-hook: as if transformers bypassed it
     with pytest.raises(compat.IncompatibleTransformers, match="never ran iwp's selection"):
         greedy(model, inputs, 2)
 

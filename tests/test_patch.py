@@ -47,7 +47,7 @@ def test_remove_restores_the_instance(tiny):
     iwp.apply(model, keep_ratio=0.5)
     iwp.apply(model, keep_ratio=0.25, method="fastv")      # re-apply: settings change, no extra hooks
     assert model._iwp_state.settings.method == "fastv"
-    assert len(model.model.language_model.layers[0]._forward_pre_hooks) == n_hooks[1][0] + 1
+    assert len(model.model.language_model.layers[iwp.DEFAULT_LAYER]._forward_pre_hooks) == n_hooks[1][iwp.DEFAULT_LAYER] + 1
     greedy(model, one_image(proc), 2)
     iwp.remove(model)
     assert (len(model.model._forward_pre_hooks), [len(l._forward_pre_hooks) for l in model.model.language_model.layers]) == n_hooks

@@ -148,3 +148,25 @@ def test_keep_all_scores_nothing_until_a_selection_is_asked_for(tiny, counted):
     assert counted.kernels == []
     sel = iwp.last_selection(model)[0]
     assert sel.n_kept == sel.n_visual and len(sel.groups[0].kept) == sel.groups[0].budget
+
+
+def test_decoding_runs_the_layers_after_the_cut_without_hooks(tiny):
+    """When a decoding step's mask needs no cut (sdpa, no padding), only layer K's pre-hook is left: the
+    layers after it run hook-free, and the next prefill hooks them again."""
+    model, proc = tiny("llava_onevision")
+    inputs = video_batch(model, proc, frames=6)
+    layers = model.model.language_model.layers
+    base = [len(l._forward_pre_hooks) for l in layers]
+    seen = []
+    spy = layers[-1].register_forward_pre_hook(lambda m, a, k: seen.append(len(m._forward_pre_hooks)), with_kwargs=True)
+    try:
+        iwp.apply(model, keep_ratio=0.25)
+        greedy(model, inputs, 4)
+        n = base[-1] + 1                                 # the spy itself
+        assert seen[0] == n + 1 and all(x == n for x in seen[2:])   # hooked in the prefill, free while decoding
+        assert [len(l._forward_pre_hooks) for l in layers][iwp.DEFAULT_LAYER] == base[iwp.DEFAULT_LAYER] + 1
+        seen.clear()
+        greedy(model, inputs, 2)
+        assert seen[0] == n + 1                          # the next prefill hooks them again
+    finally:
+        spy.remove()

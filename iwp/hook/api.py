@@ -56,6 +56,9 @@ def apply(model: nn.Module, keep_ratio: float = 0.25, method: str = "iwp", layer
     settings = Settings(float(keep_ratio), method, layer, params, seed)
     state = getattr(model, ATTR, None)
     if state is not None:                            # idempotent: new settings, same hooks
+        if layer != state.settings.layer:            # the hook moves to the new layer K
+            _unhook_layers(state, list(state.layer_handles))
+            _hook_layers(state, [layer])
         state.settings = settings
         return model
     state = State(model, family.bind(model), settings)
@@ -69,9 +72,7 @@ def apply(model: nn.Module, keep_ratio: float = 0.25, method: str = "iwp", layer
     state.handles.append(base.register_forward_pre_hook(functools.partial(_on_call, state), with_kwargs=True))
     state.handles.append(base.register_forward_hook(functools.partial(_after_call, state), with_kwargs=True))
     state.patched = state.family.patch_instance(model, lambda: _prefill_cut(state))
-    for i, layer_module in enumerate(state.lm.layers):
-        state.handles.append(layer_module.register_forward_pre_hook(
-            functools.partial(_on_layer, state, i), with_kwargs=True))
+    _hook_layers(state, [layer])                     # layers after K are hooked while a cut needs them
     setattr(model, ATTR, state)
     return model
 
@@ -83,6 +84,7 @@ def remove(model: nn.Module) -> nn.Module:
         return model
     for h in state.handles:
         h.remove()
+    _unhook_layers(state, list(state.layer_handles))
     for name in state.wrapped:
         delattr(compat.base_model(model), name)      # the class method shows through again
     for obj, name in state.patched:
@@ -190,6 +192,8 @@ def _on_call(state: State, module, args, kwargs):
     state.step += 1
     mask = kwargs.get("attention_mask")
     prefill = cache is None or compat.cache_length(cache) == 0
+    if prefill and state.settings.keep_ratio < 1.0:   # the layers after K take the cut's positions and mask
+        _hook_layers(state, range(state.settings.layer + 1, len(state.lm.layers)))
     state.call = {"input_ids": input_ids, "attention_mask": mask, "prefill": prefill,
                   "host": HostCopy(input_ids, mask) if prefill and isinstance(input_ids, Tensor) else None}
 
@@ -214,8 +218,14 @@ def _on_layer(state: State, i: int, module, args, kwargs):
     if i < K:
         return None
     prefill = state.call.get("prefill", True)
-    if not prefill and (state.cut is None or _nothing_to_cut(state.cut, kwargs.get("attention_mask"))):
-        return None                                    # decoding: the common case costs one check per layer
+    if not prefill:
+        after = range(K + 1, len(state.lm.layers))
+        if state.cut is None or _nothing_to_cut(state.cut, kwargs.get("attention_mask")):
+            if i == K:                                 # decoding needs nothing: later layers run hook-free
+                _unhook_layers(state, after)
+            return None
+        if i == K:                                     # this step's mask must be cut in every later layer
+            _hook_layers(state, after)
     hidden = compat.hidden_states(args, kwargs)
     if i == K and prefill:
         state.release()
@@ -252,6 +262,22 @@ def _on_layer(state: State, i: int, module, args, kwargs):
         kwargs["attention_mask"] = _memo(cut, state.step, kwargs.get("attention_mask"),
                                          lambda m: decode_mask(m, cut, hidden, cache, i, state))
     return args, kwargs
+
+
+def _hook_layers(state: State, layers) -> None:
+    """Give these decoder layers the pre-hook (those that have it keep it). It runs before any other
+    pre-hook of the layer, whenever that one was registered, so others see the cut's positions and mask."""
+    for i in layers:
+        if i not in state.layer_handles:
+            state.layer_handles[i] = state.lm.layers[i].register_forward_pre_hook(
+                functools.partial(_on_layer, state, i), with_kwargs=True, prepend=True)
+
+
+def _unhook_layers(state: State, layers) -> None:
+    for i in layers:
+        handle = state.layer_handles.pop(i, None)
+        if handle is not None:
+            handle.remove()
 
 
 def _prefill_cut(state: State) -> Cut | None:

@@ -120,7 +120,8 @@ class State:
     settings     what apply() was asked for (re-applying swaps it)
     family       the model family's adapter (placeholder ids, per-image facts, boxes)
     lm           the decoder stack; cache_kw is the cache keyword its layers take (compat)
-    handles      hook handles; wrapped: names of the feature getters wrapped on the base model;
+    handles      the base model's hook handles; layer_handles: the decoder layers' pre-hooks, on layer K
+                 always and on the layers after it while a cut needs them (prefill, masks to cut); wrapped: names of the feature getters wrapped on the base model;
                  patched: (object, attribute) the family patched on the instance (Qwen3-VL's DeepStack)
     items        facts of the images / videos encoded for the current call, by kind
     fresh        items were recorded since the last base-model call (generate pre-encodes in 5.18+)
@@ -135,6 +136,7 @@ class State:
         self.lm = family.language_model(model)
         self.cache_kw = "past_key_values"
         self.handles: list = []
+        self.layer_handles: dict[int, object] = {}   # decoder layer index -> its pre-hook's handle
         self.wrapped: list[str] = []
         self.patched: list[tuple[object, str]] = []
         self.items: dict[str, list[dict]] = {}
