@@ -1,0 +1,163 @@
+"""Train toy model v2 (576 tokens per image, 8-frame videos): `python -m iwp.toy.train2 --out DIR` (one GPU).
+
+The recipe, fixed before any selector was run on the model: every step one batch of images and one batch of
+8-frame videos drawn on the GPU from a generator seeded with --seed (the val/test splits use their own
+seeds, drawn on CPU, and are never trained on), `--turns` question-answer turns per scene, AdamW with linear
+warm-up and cosine decay, bf16 autocast, and training-only linear probes on the projected visual tokens
+(colour, shape, digit of the object in the patch, row, column; not saved). With --time-budget the number of
+steps is fixed at step 50 to fit the budget. At the end: full-token accuracy per kind on the test split,
+then model + processor + train_report.json in --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from . import build, scenes2 as S
+from .train import AuxHeads, lr_at
+
+AUX_CLASSES = (len(S.COLORS) + 1, len(S.SHAPES) + 1, 11, S.GRID, S.GRID)
+
+
+class Aux(AuxHeads):
+    """v1's probes with v2's classes and token count."""
+
+    def __init__(self, dim: int):
+        torch.nn.Module.__init__(self)
+        self.proj = torch.nn.Linear(dim, sum(AUX_CLASSES))
+
+    def forward(self, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.proj(feats.reshape(targets.shape[0], S.N_TOKENS, -1).float()).split(AUX_CLASSES, -1)
+        return sum(torch.nn.functional.cross_entropy(lg.flatten(0, 1), t.flatten())
+                   for lg, t in zip(logits, targets.unbind(-1)))
+
+
+def _grid(n: int, device) -> torch.Tensor:
+    idx = torch.arange(S.N_TOKENS, device=device)
+    return torch.stack([idx // S.GRID, idx % S.GRID], -1).expand(n, -1, -1)
+
+
+def batch(n: int, gen: torch.Generator, turns: int, frames: int = 1):
+    """(pixels in [-1, 1], ids, labels, probe targets) for n scenes (videos when frames > 1)."""
+    s = S.sample_scenes(n, gen, frames)
+    images = S.render(s)
+    ids, _, labels = S.sequences([S.sample_questions(s, gen) for _ in range(turns)], frames)
+    targets = torch.cat([S.token_targets(s), _grid(images.shape[0], images.device)], -1)
+    return (images - 0.5) / 0.5, ids, labels, targets
+
+
+@torch.no_grad()
+def accuracy(model, n: int, seed: int, frames: int, chunk: int = 50, kinds=None) -> dict[str, float]:
+    """First-answer-token accuracy per kind with every visual token, on n scenes of the split `seed` (CPU-drawn)."""
+    dev = next(model.parameters()).device
+    images, s, q = S.generate(n, seed, kinds=kinds, frames=frames)
+    ids, _, _ = S.sequences(q, frames)
+    sep = 1 + S.N_TOKENS * frames + q.lengths
+    correct, total = torch.zeros(len(S.KINDS)), torch.zeros(len(S.KINDS))
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        px = ((images[a * frames:b * frames] - 0.5) / 0.5).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(input_ids=ids[a:b].to(dev), pixel_values=px).logits
+        pred = logits[torch.arange(b - a, device=dev), sep[a:b].to(dev)].argmax(-1).cpu()
+        ok = (pred == q.answer[a:b]).float()
+        correct.index_add_(0, q.kind[a:b], ok)
+        total += torch.bincount(q.kind[a:b], minlength=len(S.KINDS)).float()
+    return {k: round(float(c / t), 4) for k, c, t in zip(S.KINDS, correct, total) if t > 0}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="toy-lvlm-v2")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=128, help="images per step")
+    p.add_argument("--video-batch", type=int, default=16, help="8-frame videos per step")
+    p.add_argument("--turns", type=int, default=8, help="question-answer turns per scene")
+    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--aux", type=float, default=0.5, help="weight of the training-only token probes")
+    p.add_argument("--time-budget", type=float, default=0, help="seconds; if >0, cut --steps to fit (decided at step 50)")
+    p.add_argument("--eval-n", type=int, default=1000, help="test images at the end")
+    p.add_argument("--eval-videos", type=int, default=400, help="test videos at the end")
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--val-every", type=int, default=500)
+    args = p.parse_args(argv)
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(args.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model = build.build_model(2).to(dev).train()
+    print(f"params {sum(x.numel() for x in model.parameters()) / 1e6:.2f} M on {dev}", flush=True)
+    aux = Aux(model.config.text_config.hidden_size).to(dev)
+    captured = []
+    model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.append(o))
+    params = list(model.parameters()) + list(aux.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05, fused=dev == "cuda")
+    gen = torch.Generator(device=dev).manual_seed(args.seed)
+    log = []
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+        log.append(msg)
+
+    steps, t0, running, step = args.steps, time.time(), [], 0
+    while step < steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, args.lr, args.warmup)
+        opt.zero_grad(set_to_none=True)
+        losses = []
+        for n, frames in ((args.batch, 1), (args.video_batch, S.FRAMES)):
+            if n == 0:
+                continue
+            pixels, ids, labels, targets = batch(n, gen, args.turns, frames)
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
+                # right padding only and a causal mask: no attention mask needed (flash attention)
+                loss = model(input_ids=ids, pixel_values=pixels, labels=labels).loss
+                aux_loss = aux(captured.pop(), targets)
+            (loss + args.aux * aux_loss).backward()
+            losses += [loss.detach(), aux_loss.detach()]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        running.append(torch.stack(losses))
+        step += 1
+        if step == 50 and args.time_budget > 0:
+            rate = 50 / (time.time() - t0)
+            steps = min(steps, int(args.time_budget * rate))
+            say(f"{rate:.2f} steps/s -> {steps} steps")
+        if step % args.log_every == 0 or step == steps:
+            m = torch.stack(running).mean(0).tolist()
+            say(f"step {step}/{steps} loss img {m[0]:.4f} aux {m[1]:.3f}" + (f" video {m[2]:.4f} aux {m[3]:.3f}" if len(m) > 2 else "")
+                + f" lr {opt.param_groups[0]['lr']:.2e} t={time.time() - t0:.0f}s")
+            running = []
+        if step % args.val_every == 0 and step < steps:
+            model.eval()
+            acc = {**accuracy(model, 200, S.SPLIT_SEEDS["val"], 1), **accuracy(model, 60, S.SPLIT_SEEDS["val"], S.FRAMES)}
+            say(f"  val {acc}")
+            model.train()
+
+    model.eval()
+    train_seconds = time.time() - t0
+    os.makedirs(args.out, exist_ok=True)
+    model.save_pretrained(args.out)                  # saved before the test, so a cut-off run keeps the model
+    build.build_processor(version=2).save_pretrained(args.out)
+    test = {**accuracy(model, args.eval_n, S.SPLIT_SEEDS["test"], 1),
+            **accuracy(model, args.eval_videos, S.SPLIT_SEEDS["test"], S.FRAMES, chunk=25)}
+    say(f"test (every token, {args.eval_n} images + {args.eval_videos} videos): {test}")
+    report = {"recipe": {k: v for k, v in vars(args).items() if k != "out"}, "steps": step,
+              "train_seconds": round(train_seconds, 1),
+              "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+              "torch": torch.__version__, "test_split_seed": S.SPLIT_SEEDS["test"], "test_images": args.eval_n,
+              "test_videos": args.eval_videos, "test_accuracy_full_tokens": test, "log": log}
+    with open(os.path.join(args.out, "train_report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print("saved", {f: os.path.getsize(os.path.join(args.out, f)) for f in sorted(os.listdir(args.out))}, flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
