@@ -295,3 +295,13 @@ def object_tokens(s: Scenes, slots_mask: Tensor) -> list[list[Tensor]]:
     for b in range(present.shape[0]):
         out.append([s.cell[b][present[b, f] & slots_mask[b]] for f in range(s.frames)])
     return out
+
+
+def relevant_tokens(s: Scenes, relevant: Tensor) -> Tensor:
+    """[B, F*N_TOKENS] bool: the visual tokens (frames in order) showing an object of `relevant` [B, SLOTS]."""
+    present, _ = s.per_frame()                                              # [B, F, S]
+    B, F = present.shape[:2]
+    out = torch.zeros(B, F, N_TOKENS + 1, dtype=torch.bool, device=present.device)
+    token = s.cell[:, None].expand(B, F, SLOTS).masked_fill(~(present & relevant[:, None]), N_TOKENS)
+    out.scatter_(2, token, True)
+    return out[..., :N_TOKENS].flatten(1)

@@ -42,12 +42,54 @@ def _grid(n: int, device) -> torch.Tensor:
 
 
 def batch(n: int, gen: torch.Generator, turns: int, frames: int = 1):
-    """(pixels in [-1, 1], ids, labels, probe targets) for n scenes (videos when frames > 1)."""
+    """(pixels in [-1, 1], ids, labels, probe targets, asked tokens [n, turns, F*N]) for n scenes (videos
+    when frames > 1)."""
     s = S.sample_scenes(n, gen, frames)
     images = S.render(s)
-    ids, _, labels = S.sequences([S.sample_questions(s, gen) for _ in range(turns)], frames)
+    qs = [S.sample_questions(s, gen) for _ in range(turns)]
+    ids, _, labels = S.sequences(qs, frames)
     targets = torch.cat([S.token_targets(s), _grid(images.shape[0], images.device)], -1)
-    return (images - 0.5) / 0.5, ids, labels, targets
+    asked = torch.stack([S.relevant_tokens(s, q.relevant) for q in qs], 1)
+    return (images - 0.5) / 0.5, ids, labels, targets, asked
+
+
+class AttentionProbe:
+    """Training-only attention supervision: at each <sep> (where an answer is predicted), head 0 of decoder
+    layer `layer` is taught to put its attention over the visual tokens on the tokens of the objects the
+    question asks about (a cross-entropy on that head's RoPE'd q.k logits). The answer loss alone left the
+    language model on its answer-prior plateau for a whole first run (1288 steps); this gives the retrieval
+    circuit a direct signal. It is a layer after the benchmark's K = 2, so layer 2 is never shaped directly."""
+
+    def __init__(self, model, layer: int):
+        self.layer = model.model.language_model.layers[layer]
+        self.captured = []
+        self.layer.register_forward_pre_hook(self._capture, with_kwargs=True)
+
+    def _capture(self, module, args, kwargs):
+        if module.training:
+            self.captured.append((args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"]))
+
+    def loss(self, ids: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
+        hidden, (cos, sin) = self.captured.pop()
+        attn = self.layer.self_attn
+        d = attn.head_dim
+        B, T, n_vis = asked.shape
+        x = self.layer.input_layernorm(hidden)
+        sep = (ids == S.SEP).nonzero()[:, 1].view(B, T)                      # each row has `turns` <sep>s
+        ar = torch.arange(B, device=ids.device)[:, None]
+        cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
+
+        def rope(t, c, s_):
+            half = t.shape[-1] // 2
+            return t * c + torch.cat([-t[..., half:], t[..., :half]], -1) * s_
+
+        q = rope(attn.q_proj(x[ar, sep])[..., :d], cos[ar, sep], sin[ar, sep])           # [B, T, d]
+        vis = slice(1, 1 + n_vis)
+        k = rope(attn.k_proj(x[:, vis])[..., :d], cos[:, vis], sin[:, vis])             # [B, N, d]
+        logits = (q.float() @ k.float().transpose(1, 2)) / d ** 0.5                    # [B, T, N]
+        hit = logits.masked_fill(~asked, float("-inf")).logsumexp(-1)
+        valid = asked.any(-1)
+        return -(hit - logits.logsumexp(-1))[valid].mean()
 
 
 @torch.no_grad()
@@ -81,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--aux", type=float, default=0.5, help="weight of the training-only token probes")
+    p.add_argument("--attn", type=float, default=1.0, help="weight of the training-only attention supervision")
+    p.add_argument("--attn-layer", type=int, default=4)
+    p.add_argument("--init", default=None, help="continue from this saved v2 model (warm start)")
     p.add_argument("--time-budget", type=float, default=0, help="seconds; if >0, cut --steps to fit (decided at step 50)")
     p.add_argument("--eval-n", type=int, default=1000, help="test images at the end")
     p.add_argument("--eval-videos", type=int, default=400, help="test videos at the end")
@@ -91,11 +136,16 @@ def main(argv: list[str] | None = None) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
-    model = build.build_model(2).to(dev).train()
+    model = build.build_model(2)
+    if args.init:
+        from transformers import LlavaForConditionalGeneration
+        model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32).state_dict())
+    model = model.to(dev).train()
+    probe = AttentionProbe(model, args.attn_layer) if args.attn > 0 else None
     print(f"params {sum(x.numel() for x in model.parameters()) / 1e6:.2f} M on {dev}", flush=True)
     aux = Aux(model.config.text_config.hidden_size).to(dev)
     captured = []
-    model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.append(o))
+    model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.append(o) if m.training else None)
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05, fused=dev == "cuda")
     gen = torch.Generator(device=dev).manual_seed(args.seed)
@@ -114,13 +164,14 @@ def main(argv: list[str] | None = None) -> dict:
         for n, frames in ((args.batch, 1), (args.video_batch, S.FRAMES)):
             if n == 0:
                 continue
-            pixels, ids, labels, targets = batch(n, gen, args.turns, frames)
+            pixels, ids, labels, targets, asked = batch(n, gen, args.turns, frames)
             with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
                 # right padding only and a causal mask: no attention mask needed (flash attention)
                 loss = model(input_ids=ids, pixel_values=pixels, labels=labels).loss
                 aux_loss = aux(captured.pop(), targets)
-            (loss + args.aux * aux_loss).backward()
-            losses += [loss.detach(), aux_loss.detach()]
+                attn_loss = probe.loss(ids, asked) if probe else torch.zeros((), device=dev)
+            (loss + args.aux * aux_loss + args.attn * attn_loss).backward()
+            losses += [loss.detach(), aux_loss.detach(), attn_loss.detach()]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         running.append(torch.stack(losses))
@@ -131,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
             say(f"{rate:.2f} steps/s -> {steps} steps")
         if step % args.log_every == 0 or step == steps:
             m = torch.stack(running).mean(0).tolist()
-            say(f"step {step}/{steps} loss img {m[0]:.4f} aux {m[1]:.3f}" + (f" video {m[2]:.4f} aux {m[3]:.3f}" if len(m) > 2 else "")
+            say(f"step {step}/{steps} loss img {m[0]:.4f} aux {m[1]:.3f} attn {m[2]:.3f}"
+                + (f" video {m[3]:.4f} aux {m[4]:.3f} attn {m[5]:.3f}" if len(m) > 3 else "")
                 + f" lr {opt.param_groups[0]['lr']:.2e} t={time.time() - t0:.0f}s")
             running = []
         if step % args.val_every == 0 and step < steps:
