@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lam", type=float, default=None, help="IWP lam (default: iwp.selectors.DEFAULT_LAM)")
     p.add_argument("--first-chunk", type=int, default=None)
     p.add_argument("--growth", type=float, default=None)
+    p.add_argument("--query", default=None, choices=["text", "last"], help="IWP query tokens (default: text)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plot", default=None, help="write the accuracy-vs-ratio PNG here")
     p.add_argument("--sweep", action="store_true", help="choose IWP's defaults on the split (use --split val)")
@@ -199,8 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     batches = distributed.shard(prepare(processor, args.split, args.n, args.batch_size), world)
     log(f"prepared {args.n} {args.split} questions in {time.time() - t0:.0f}s ({world.size} process(es))")
-    params = {k: v for k, v in (("lam", args.lam), ("first_chunk", args.first_chunk), ("growth", args.growth))
-              if v is not None}
+    params = {k: v for k, v in (("lam", args.lam), ("first_chunk", args.first_chunk), ("growth", args.growth),
+                                ("query", args.query)) if v is not None}
     result = {"model": str(args.model), "split": args.split, "seed": scenes.SPLIT_SEEDS[args.split],
               "n": args.n, "threads": torch.get_num_threads()}
     if args.sweep:

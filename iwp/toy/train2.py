@@ -112,6 +112,33 @@ def accuracy(model, n: int, seed: int, frames: int, chunk: int = 50, kinds=None)
     return {k: round(float(c / t), 4) for k, c, t in zip(S.KINDS, correct, total) if t > 0}
 
 
+def short_forward(model, ids, pixels, labels, targets, asked, keep: int, gen: torch.Generator):
+    """The LM loss on a shortened context (curriculum): per frame only `keep` visual tokens reach the
+    language model, every object token first and random background tokens for the rest, at their original
+    positions (as the pruning hook keeps them). Returns (loss, ids and asked mask of the kept sequence)."""
+    B, L = ids.shape
+    n_vis = asked.shape[-1]
+    frames = n_vis // S.N_TOKENS
+    feats = model.model.get_image_features(pixel_values=pixels)
+    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+    feats = torch.cat(list(feats), 0) if isinstance(feats, (list, tuple)) else feats
+    emb = model.get_input_embeddings()(ids)
+    emb = torch.cat([emb[:, :1], feats.reshape(B, n_vis, -1).to(emb.dtype), emb[:, 1 + n_vis:]], 1)
+    is_object = (targets[..., 0] < len(S.COLORS)).reshape(B, frames, S.N_TOKENS)
+    score = torch.rand(B, frames, S.N_TOKENS, device=ids.device, generator=gen) + 2.0 * is_object
+    picked = score.topk(keep, dim=-1).indices.sort(-1).values                       # [B, F, keep]
+    picked = (picked + S.N_TOKENS * torch.arange(frames, device=ids.device)[None, :, None]).flatten(1)
+    text = torch.arange(1 + n_vis, L, device=ids.device).expand(B, -1)
+    idx = torch.cat([torch.zeros(B, 1, dtype=torch.long, device=ids.device), 1 + picked, text], 1)
+    emb = emb.gather(1, idx[..., None].expand(-1, -1, emb.shape[-1]))
+    out = model.model.language_model(inputs_embeds=emb, position_ids=idx)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    logits = model.lm_head(hidden[:, :-1]).float()
+    lab = labels.gather(1, idx)[:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), lab.flatten(), ignore_index=-100)
+    return loss, ids.gather(1, idx), asked.gather(2, picked[:, None].expand(-1, asked.shape[1], -1))
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="toy-lvlm-v2")
@@ -125,6 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--aux", type=float, default=0.5, help="weight of the training-only token probes")
     p.add_argument("--attn", type=float, default=1.0, help="weight of the training-only attention supervision")
     p.add_argument("--attn-layer", type=int, default=4)
+    p.add_argument("--short-steps", type=int, default=0,
+                   help="curriculum: for this many steps the LM sees only --short-keep visual tokens per frame")
+    p.add_argument("--short-keep", type=int, default=48, help="objects first, then random background")
     p.add_argument("--init", default=None, help="continue from this saved v2 model (warm start)")
     p.add_argument("--time-budget", type=float, default=0, help="seconds; if >0, cut --steps to fit (decided at step 50)")
     p.add_argument("--eval-n", type=int, default=1000, help="test images at the end")
@@ -166,10 +196,14 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             pixels, ids, labels, targets, asked = batch(n, gen, args.turns, frames)
             with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
-                # right padding only and a causal mask: no attention mask needed (flash attention)
-                loss = model(input_ids=ids, pixel_values=pixels, labels=labels).loss
+                if step < args.short_steps:
+                    loss, kept_ids, kept_asked = short_forward(model, ids, pixels, labels, targets, asked,
+                                                               args.short_keep, gen)
+                else:  # right padding only and a causal mask: no attention mask needed (flash attention)
+                    loss = model(input_ids=ids, pixel_values=pixels, labels=labels).loss
+                    kept_ids, kept_asked = ids, asked
                 aux_loss = aux(captured.pop(), targets)
-                attn_loss = probe.loss(ids, asked) if probe else torch.zeros((), device=dev)
+                attn_loss = probe.loss(kept_ids, kept_asked) if probe else torch.zeros((), device=dev)
             (loss + args.aux * aux_loss + args.attn * attn_loss).backward()
             losses += [loss.detach(), aux_loss.detach(), attn_loss.detach()]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
