@@ -115,3 +115,13 @@ def test_benchmark_v2_small_run(tmp_path):
         assert rows[table, "full", 1.0, "all"]["n"] == 2
         assert "diff_vs_iwp" in rows[table, "oracle_asked", 0.111, "all"]
         assert "diff_vs_iwp" not in rows[table, "iwp", 0.111, "all"]
+
+
+def test_evaluate_seed_draws_a_fresh_split():
+    from iwp.evaluate import toy as evaluate
+    processor = build.build_processor()
+    named = evaluate.prepare(processor, "test", 4, 4)[0]
+    fresh = evaluate.prepare(processor, "test", 4, 4, seed=123)[0]
+    assert torch.equal(evaluate.prepare(processor, "test", 4, 4, seed=123)[0]["inputs"]["pixel_values"],
+                       fresh["inputs"]["pixel_values"])
+    assert not torch.equal(named["inputs"]["pixel_values"], fresh["inputs"]["pixel_values"])

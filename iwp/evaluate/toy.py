@@ -28,9 +28,11 @@ TOY_LAYER = 3
 RATIOS = (1.0, 0.333, 0.222, 0.111, 0.05)
 
 
-def prepare(processor, split: str, n: int, batch_size: int = 50) -> list[dict]:
-    """The split's first n questions as processor batches (left-padded), with answers and kinds."""
-    images, _, q = scenes.generate(n, scenes.SPLIT_SEEDS[split], kinds=scenes.BENCHMARK_KINDS)
+def prepare(processor, split: str, n: int, batch_size: int = 50, seed: int | None = None) -> list[dict]:
+    """The split's first n questions as processor batches (left-padded), with answers and kinds; `seed`
+    draws a fresh split instead of the named one."""
+    seed = scenes.SPLIT_SEEDS[split] if seed is None else seed
+    images, _, q = scenes.generate(n, seed, kinds=scenes.BENCHMARK_KINDS)
     pils = scenes.to_pil(images)
     batches = []
     for start in range(0, n, batch_size):
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--split", default="test", choices=sorted(scenes.SPLIT_SEEDS))
+    p.add_argument("--seed", type=int, default=None, help="draw a fresh split from this seed (overrides --split)")
     p.add_argument("--questions", "--n", dest="n", type=int, default=300,
                    help="questions: the first n of the split (--n is an alias; torchrun swallows --n itself)")
     p.add_argument("--batch-size", type=int, default=50)
@@ -198,11 +201,12 @@ def main(argv: list[str] | None = None) -> dict:
     model, processor = load(args.model)
     model.to(args.device or (world.device if world.size > 1 else "cpu"))
     t0 = time.time()
-    batches = distributed.shard(prepare(processor, args.split, args.n, args.batch_size), world)
+    batches = distributed.shard(prepare(processor, args.split, args.n, args.batch_size, args.seed), world)
     log(f"prepared {args.n} {args.split} questions in {time.time() - t0:.0f}s ({world.size} process(es))")
     params = {k: v for k, v in (("lam", args.lam), ("first_chunk", args.first_chunk), ("growth", args.growth),
                                 ("query", args.query)) if v is not None}
-    result = {"model": str(args.model), "split": args.split, "seed": scenes.SPLIT_SEEDS[args.split],
+    result = {"model": str(args.model), "split": args.split if args.seed is None else f"seed {args.seed}",
+              "seed": scenes.SPLIT_SEEDS[args.split] if args.seed is None else args.seed,
               "n": args.n, "threads": torch.get_num_threads()}
     if args.sweep:
         def save(partial: dict) -> None:
