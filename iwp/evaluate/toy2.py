@@ -159,7 +159,8 @@ def summarise(correct: dict, items: list[dict], turn: str) -> list[dict]:
                 mean = sum(d) / n
                 sd = math.sqrt(sum((x - mean) ** 2 for x in d) / max(1, n - 1))
                 row["diff_vs_iwp"] = round(mean, 4)
-                row["diff_ci95"] = [round(mean - 1.96 * sd / math.sqrt(n), 4), round(mean + 1.96 * sd / math.sqrt(n), 4)]
+                half = 1.96 * sd / math.sqrt(n)
+                row["diff_ci95"] = [round(mean - half, 4), round(mean + half, 4)]
             rows.append(row)
     return rows
 
@@ -212,9 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     items = split(args.seed, args.images, args.videos)
     groups = batches(items, args.image_batch, args.video_batch)
-    log(f"split seed {args.seed}: {args.images} images + {args.videos} videos in {time.time() - t0:.0f}s, layer {layer}")
+    log(f"split seed {args.seed}: {args.images} images + {args.videos} videos in {time.time() - t0:.0f}s, "
+        f"layer {layer}")
     result = {"model": str(args.model), "seed": args.seed, "images": args.images, "videos": args.videos,
-              "frames": S.FRAMES, "tokens_per_image": S.N_TOKENS, "layer": layer, "depth_rule": f"K = round({DEPTH} * L)",
+              "frames": S.FRAMES, "tokens_per_image": S.N_TOKENS, "layer": layer,
+              "depth_rule": f"K = round({DEPTH} * L)",
               "ratios": args.ratios, "methods": args.methods, "device": str(model.device),
               "transformers": __import__("transformers").__version__, "torch": torch.__version__, "complete": False}
     single, multi = {}, {}

@@ -38,7 +38,8 @@ def build_tokenizer(version: int = 1) -> PreTrainedTokenizerFast:
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)   # joins words with spaces
     tok.add_special_tokens(scenes.SPECIALS)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", padding_side="left", model_max_length=512 if version == 1 else 8192,
+                                   unk_token="<unk>", padding_side="left",
+                                   model_max_length=512 if version == 1 else 8192,
                                    extra_special_tokens={"image_token": "<image>"})
     fast.chat_template = CHAT_TEMPLATE
     return fast

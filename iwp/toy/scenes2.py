@@ -120,7 +120,8 @@ def sample_scenes(batch: int, gen: torch.Generator, frames: int = 1) -> Scenes:
                frames)
     if frames > 1:
         s.appear_t = 1 + (_rand(gen, batch) * (frames - 2)).long()           # 1 .. F-2: absent, then present
-        s.change_slot = torch.where(slots[:, :MAX_NAMED] < n_named[:, None], _rand(gen, batch, MAX_NAMED), -1.0).argmax(1)
+        named = slots[:, :MAX_NAMED] < n_named[:, None]
+        s.change_slot = torch.where(named, _rand(gen, batch, MAX_NAMED), -1.0).argmax(1)
         s.change_t = 1 + (_rand(gen, batch) * (frames - 1)).long()           # 1 .. F-1
         s.new_digit = digits[:, -1]
     return s
@@ -141,7 +142,8 @@ def render(s: Scenes, noise: float = 0.015) -> Tensor:
     flat_side = (coord < bg["split_at"][:, None, None]) == bg["flat_first"][:, None, None]
     xi, yi = xx.long()[None], yy.long()[None]
     pattern = bg["pattern"][:, None, None]
-    on = torch.where(pattern == 0, (xi + yi) % 7 < 3, torch.where(pattern == 1, yi % 7 < 3, (xi // 7 + yi // 7) % 2 == 0))
+    on = torch.where(pattern == 0, (xi + yi) % 7 < 3,
+                     torch.where(pattern == 1, yi % 7 < 3, (xi // 7 + yi // 7) % 2 == 0))
     tex = bg["texture"][:, :, None, None] * torch.where(on, 1.0, 0.8)[:, None]
     img = torch.where(flat_side[:, None], bg["flat"][:, :, None, None].expand(B, 3, IMAGE, IMAGE), tex)
 
@@ -163,11 +165,13 @@ def render(s: Scenes, noise: float = 0.015) -> Tensor:
         diamond = dx.abs() + dy.abs() <= r * 1.1
         mask = torch.where(shp == 0, circle, torch.where(shp == 1, square, torch.where(shp == 2, triangle, diamond)))
         u = (x - x0[:, None, None] - 4).long()                                # glyph columns 4..8
-        v = (y - y0[:, None, None] - 3 - (shape[:, k] == 2).long()[:, None, None]).long()  # rows 3..9 (4..10 in triangles)
+        # glyph rows 3..9 (4..10 in triangles, where the shape is wider lower down)
+        v = (y - y0[:, None, None] - 3 - (shape[:, k] == 2).long()[:, None, None]).long()
         d = digit[:, k]
         inside = (u >= 0) & (u < 5) & (v >= 0) & (v < 7) & (d >= 0)[:, None, None]
         lit = font[d.clamp(min=0)[:, None, None].expand_as(u), v.clamp(0, 6), u.clamp(0, 4)] & inside
-        colour = torch.where(lit[:, None], ink[color[:, k]][:, None, None, None], palette[color[:, k]][:, :, None, None])
+        colour = torch.where(lit[:, None], ink[color[:, k]][:, None, None, None],
+                             palette[color[:, k]][:, :, None, None])
         idx = (y * IMAGE + x).flatten(1)[:, None].expand(B, 3, -1)
         old = flat.gather(2, idx)
         paint = (mask & present[:, k, None, None]).flatten(1)[:, None]
@@ -284,7 +288,8 @@ def token_targets(s: Scenes) -> Tensor:
     B = present.shape[0]
     t = torch.tensor([len(COLORS), len(SHAPES), 10], device=present.device).repeat(B, N_TOKENS + 1, 1)
     token = cell.masked_fill(~present, N_TOKENS)
-    t.scatter_(1, token[..., None].expand(-1, -1, 3), torch.stack([color, shape, torch.where(digit < 0, 10, digit)], -1))
+    values = torch.stack([color, shape, torch.where(digit < 0, 10, digit)], -1)
+    t.scatter_(1, token[..., None].expand(-1, -1, 3), values)
     return t[:, :N_TOKENS]
 
 

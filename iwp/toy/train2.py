@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="curriculum: for this many steps the LM sees only --short-keep visual tokens per frame")
     p.add_argument("--short-keep", type=int, default=48, help="objects first, then random background")
     p.add_argument("--init", default=None, help="continue from this saved v2 model (warm start)")
-    p.add_argument("--time-budget", type=float, default=0, help="seconds; if >0, cut --steps to fit (decided at step 50)")
+    p.add_argument("--time-budget", type=float, default=0,
+                   help="seconds; if >0, cut --steps to fit (decided at step 50)")
     p.add_argument("--eval-n", type=int, default=1000, help="test images at the end")
     p.add_argument("--eval-videos", type=int, default=400, help="test videos at the end")
     p.add_argument("--log-every", type=int, default=100)
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = build.build_model(2)
     if args.init:
         from transformers import LlavaForConditionalGeneration
-        model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32).state_dict())
+        init = LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
+        model.load_state_dict(init.state_dict())
     model = model.to(dev).train()
     probe = AttentionProbe(model, args.attn_layer) if args.attn > 0 else None
     print(f"params {sum(x.numel() for x in model.parameters()) / 1e6:.2f} M on {dev}", flush=True)
@@ -222,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
             running = []
         if step % args.val_every == 0 and step < steps:
             model.eval()
-            acc = {**accuracy(model, 200, S.SPLIT_SEEDS["val"], 1), **accuracy(model, 60, S.SPLIT_SEEDS["val"], S.FRAMES)}
+            acc = {**accuracy(model, 200, S.SPLIT_SEEDS["val"], 1),
+                   **accuracy(model, 60, S.SPLIT_SEEDS["val"], S.FRAMES)}
             say(f"  val {acc}")
             model.train()
 
