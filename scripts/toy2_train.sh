@@ -5,7 +5,7 @@
 # full 576 tokens per frame), training-only token probes and attention supervision on decoder layer 4.
 # Why: runs 1-2 (assets/benchmarks/toy2-train.json) stayed on the answer-prior plateau with all 576 / 4608
 # tokens from the start; at layer 4 the <sep> token did not even encode the asked colour or shape (a linear
-# probe on 384 held-out questions was at chance), i.e. the question never reached the answer position.
+# probe fit on 300 questions was at chance on 84 held-out ones), i.e. the question never reached the answer position.
 # Writes $OUT/m/{model.safetensors,config.json,generation_config.json,train_report.json}; the model (with its
 # processor) stays in /tmp/toy2 for scripts/toy2_bench.sh in the same session.
 set -euo pipefail
