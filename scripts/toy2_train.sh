@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Toy model v2, third attempt (issue 14), one H200, about 5.5 minutes. Fixed before any selector is run:
-# from scratch, a context curriculum (the first 1000 steps the language model sees only 48 visual tokens per
-# frame: every object token, the rest random background, at their original positions; then 400 steps on the
+# from scratch, a context curriculum (the first 900 steps the language model sees only 48 visual tokens per
+# frame: every object token, the rest random background, at their original positions; then 350 steps on the
 # full 576 tokens per frame), training-only token probes and attention supervision on decoder layer 4.
 # Why: runs 1-2 (assets/benchmarks/toy2-train.json) stayed on the answer-prior plateau with all 576 / 4608
 # tokens from the start; at layer 4 the <sep> token did not even encode the asked colour or shape (a linear
@@ -10,7 +10,7 @@
 # processor) stays in /tmp/toy2 for scripts/toy2_bench.sh in the same session.
 set -euo pipefail
 OUT=${OUT:-out-toy2}
-PYTHONUNBUFFERED=1 python -m iwp.toy.train2 --out /tmp/toy2 --steps 1400 --short-steps 1000 --short-keep 48 \
+PYTHONUNBUFFERED=1 python -m iwp.toy.train2 --out /tmp/toy2 --steps 1250 --short-steps 900 --short-keep 48 \
   --batch 128 --video-batch 16 --turns 8 --lr 1.5e-3 --warmup 200 --attn 1 --attn-layer 4 \
   --val-every 250 --eval-n 600 --eval-videos 200
 mkdir -p "$OUT/m"
