@@ -72,13 +72,17 @@ def test_training_batch_and_short_context_forward():
     gen = torch.Generator().manual_seed(0)
     pixels, ids, labels, targets, asked = train2.batch(2, gen, 2)
     assert asked.shape == (2, 2, S.N_TOKENS) and targets.shape == (2, S.N_TOKENS, 5)
-    probe = train2.AttentionProbe(model, 4)
+    probe = train2.AttentionProbe(model, 4, question_probe=True)
     loss, kept_ids, kept_asked = train2.short_forward(model, ids, pixels, labels, targets, asked, 24, gen)
     assert kept_ids.shape[1] == 1 + 24 + (ids.shape[1] - 1 - S.N_TOKENS) and kept_asked.shape == (2, 2, 24)
     # every asked object token survives the cut (objects are kept first)
     assert (kept_asked.sum(-1) == asked.sum(-1)).all()
     attn = probe.loss(kept_ids, kept_asked)
     assert torch.isfinite(loss) and torch.isfinite(attn) and attn > 0
+    # the question probe's targets are the words of each turn's own question; video questions have no digit
+    vpix, vids, vlab, vtargets, vasked = train2.batch(1, gen, 3, S.FRAMES)
+    model(input_ids=vids, pixel_values=vpix)
+    assert torch.isfinite(probe.loss(vids, vasked))
 
 
 def test_iwp_query_knob():
@@ -125,3 +129,29 @@ def test_evaluate_seed_draws_a_fresh_split():
     assert torch.equal(evaluate.prepare(processor, "test", 4, 4, seed=123)[0]["inputs"]["pixel_values"],
                        fresh["inputs"]["pixel_values"])
     assert not torch.equal(named["inputs"]["pixel_values"], fresh["inputs"]["pixel_values"])
+
+
+def test_question_probe_targets_are_each_turns_own_words():
+    from iwp.toy import train2
+    model = build.build_model(2)
+    probe = train2.AttentionProbe(model, 4, question_probe=True)
+    gen = torch.Generator().manual_seed(1)
+    s = S.sample_scenes(1, gen)
+    qs = [S.sample_questions(s, gen, kinds=("digit",)), S.sample_questions(s, gen, kinds=("color",))]
+    ids, _, _ = S.sequences(qs)
+    sep = (ids == S.SEP).nonzero()[:, 1].view(1, 2)
+    captured = {}
+    orig = torch.nn.functional.cross_entropy
+
+    def spy(logits, target, **kw):
+        captured.setdefault("targets", []).append(target.tolist())
+        return orig(logits, target, **kw)
+    torch.nn.functional.cross_entropy = spy
+    try:
+        probe._question_loss(torch.zeros(1, 2, model.config.text_config.hidden_size), ids, sep, S.N_TOKENS)
+    finally:
+        torch.nn.functional.cross_entropy = orig
+    colour, shape, digit = captured["targets"]
+    words0, words1 = qs[0].text(0).split(), qs[1].text(0).split()
+    assert colour == [S.COLOR_NAMES.index(words0[-2]), -1] and shape == [S.SHAPES.index(words0[-1]), -1]
+    assert digit == [-1, int(words1[-1])]

@@ -60,10 +60,13 @@ class AttentionProbe:
     language model on its answer-prior plateau for a whole first run (1288 steps); this gives the retrieval
     circuit a direct signal. It is a layer after the benchmark's K = 2, so layer 2 is never shaped directly."""
 
-    def __init__(self, model, layer: int):
+    def __init__(self, model, layer: int, question_probe: bool = False):
         self.layer = model.model.language_model.layers[layer]
         self.captured = []
         self.layer.register_forward_pre_hook(self._capture, with_kwargs=True)
+        # optional: a linear probe on <sep> for the question's colour, shape and digit words
+        dim = model.config.text_config.hidden_size
+        self.question_head = torch.nn.Linear(dim, len(S.COLORS) + len(S.SHAPES) + 10) if question_probe else None
 
     def _capture(self, module, args, kwargs):
         if module.training:
@@ -89,7 +92,30 @@ class AttentionProbe:
         logits = (q.float() @ k.float().transpose(1, 2)) / d ** 0.5                    # [B, T, N]
         hit = logits.masked_fill(~asked, float("-inf")).logsumexp(-1)
         valid = asked.any(-1)
-        return -(hit - logits.logsumexp(-1))[valid].mean()
+        loss = -(hit - logits.logsumexp(-1))[valid].mean()
+        if self.question_head is not None:
+            loss = loss + self._question_loss(x[ar, sep], ids, sep, n_vis)
+        return loss
+
+    def _question_loss(self, x_sep: torch.Tensor, ids: torch.Tensor, sep: torch.Tensor, n_vis: int) -> torch.Tensor:
+        """Cross-entropy of the probe on <sep> for the colour, shape and digit words of its own question (the
+        run-2 diagnosis: the question never reached <sep>); words a question does not have are ignored."""
+        B, L = ids.shape
+        pos = torch.arange(L, device=ids.device)[None]
+        turn = torch.cumsum(ids == S.EOS, 1)                                   # question t lies in turn t
+        logits = self.question_head(x_sep.float()).split([len(S.COLORS), len(S.SHAPES), 10], -1)
+        loss = 0.0
+        for words, lg in ((S.COLOR_NAMES, logits[0]), (S.SHAPES, logits[1]), (S.DIGITS, logits[2])):
+            first = S.VOCAB[words[0]]
+            is_word = (ids >= first) & (ids < first + len(words))
+            targets = []
+            for t in range(sep.shape[1]):
+                mine = (turn == t) & (pos > n_vis) & (pos < sep[:, t:t + 1]) & is_word
+                targets.append(torch.where(mine, ids - first, -1).max(1).values)
+            target = torch.stack(targets, 1)                                     # [B, T], -1: none
+            if (target >= 0).any():                  # video questions carry no digit word, for one
+                loss = loss + torch.nn.functional.cross_entropy(lg.flatten(0, 1), target.flatten(), ignore_index=-1)
+        return loss
 
 
 @torch.no_grad()
@@ -152,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--aux", type=float, default=0.5, help="weight of the training-only token probes")
     p.add_argument("--attn", type=float, default=1.0, help="weight of the training-only attention supervision")
     p.add_argument("--attn-layer", type=int, default=4)
+    p.add_argument("--question-probe", action="store_true",
+                   help="also a training-only linear probe on <sep> (at --attn-layer) for the question's words")
     p.add_argument("--short-steps", type=int, default=0,
                    help="curriculum: for this many steps the LM sees only --short-keep visual tokens per frame")
     p.add_argument("--short-keep", type=int, default=48, help="objects first, then random background")
@@ -173,12 +201,15 @@ def main(argv: list[str] | None = None) -> dict:
         init = LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
         model.load_state_dict(init.state_dict())
     model = model.to(dev).train()
-    probe = AttentionProbe(model, args.attn_layer) if args.attn > 0 else None
+    probe = AttentionProbe(model, args.attn_layer, args.question_probe) if args.attn > 0 else None
     print(f"params {sum(x.numel() for x in model.parameters()) / 1e6:.2f} M on {dev}", flush=True)
     aux = Aux(model.config.text_config.hidden_size).to(dev)
     captured = []
     model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.append(o) if m.training else None)
     params = list(model.parameters()) + list(aux.parameters())
+    if probe is not None and probe.question_head is not None:
+        probe.question_head.to(dev)
+        params += list(probe.question_head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05, fused=dev == "cuda")
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     log = []
