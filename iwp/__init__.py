@@ -4,7 +4,11 @@ from .baselines import SelectorInput
 from .selection import CATEGORIES, Selection, TokenGroup
 from .selectors import SELECTORS, select
 from . import models
-from .patch import apply, last_selection, pruning, remove
+from .hook import DEFAULT_LAYER, apply, is_patched, last_selection, pruning, remove
+from .selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
+from .vision_speed import accelerate_vision, stock_vision
 
 __all__ = ["dual_form", "mmr", "SelectorInput", "Selection", "TokenGroup", "CATEGORIES", "SELECTORS", "select"]
-__all__ += ["models", "apply", "remove", "pruning", "last_selection"]
+__all__ += ["models", "apply", "remove", "pruning", "last_selection", "is_patched"]
+__all__ += ["DEFAULT_LAYER", "DEFAULT_LAM", "DEFAULT_FIRST_CHUNK", "DEFAULT_GROWTH"]
+__all__ += ["accelerate_vision", "stock_vision"]

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .dual_form import information_magnitude
+from .mmr import Steps
 
 
 @dataclass
@@ -20,6 +21,9 @@ class SelectorInput:
     and values; k_rope: [Hkv,N,d] keys after RoPE; q_last_rope: [Hq,1,d] the last prompt token's query
     after RoPE; features: [N,D] hidden states entering the layer; grid: (frames, rows, cols) of the tokens
     in raster order when they form one, else None; seed: for the random selector.
+    steps: written by the selector, not read: how many picks each of its steps took (iwp.mmr.Steps), for
+    selectors that take several picks a step (IWP's PC-MMR); None for those that pick one at a time or
+    sort once (selectors.select resets it).
     """
     q: Tensor
     k: Tensor
@@ -29,6 +33,7 @@ class SelectorInput:
     features: Tensor | None = None
     grid: tuple[int, int, int] | None = None
     seed: int = 0
+    steps: Steps | None = None
 
     @property
     def n(self) -> int:

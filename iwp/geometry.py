@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from transformers.image_processing_utils import select_best_resolution
+from .compat import select_best_resolution
 
 Box = tuple[float, float, float, float]
 

@@ -1,14 +1,17 @@
 """Selection by maximal marginal relevance: greedy (reference) and progressive chunked (method.md 4).
 
 MMR score: lam * m_i / max(m) - (1 - lam) * red_i, where red_i is 0 before the first pick and the
-largest S_ij over picked j afterwards. Both functions return picked indices in pick order.
+largest S_ij over picked j afterwards. Both functions return picked indices in pick order;
+pc_mmr_steps also says how many picks each PC-MMR step took.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .kernels import pc_mmr as _pool_kernel
+from . import kernels                      # constants only: Triton loads when a CUDA run needs it
 from .dual_form import DualFactors, _check_qkv
 
 
@@ -64,28 +67,15 @@ def _check_schedule(first_chunk: int, growth: float) -> None:
         raise ValueError(f"growth must be >= 1, got {growth}")
 
 
-MAX_CHUNK = _pool_kernel.MAX_POOL // 2     # picks per step at most (the pool holds 2c candidates)
+MAX_CHUNK = kernels.MAX_POOL // 2     # picks per step at most (the pool holds 2c candidates)
 
 
-def chunk_sizes(budget: int, first_chunk: int = 1, growth: float = 2.0) -> list[int]:
-    """The schedule's chunks if every step took its largest chunk: first_chunk, times growth each step,
-    summing to budget (pictures of the pick order use it; real steps may take fewer)."""
-    _check_schedule(first_chunk, growth)
-    sizes, size, left = [], float(first_chunk), budget
-    while left > 0:
-        c = min(max(1, int(size)), left, MAX_CHUNK)
-        sizes.append(c)
-        left -= c
-        size *= growth
-    return sizes
-
-
-def growing_chunks(budget: int, first_chunk: int = 1, growth: float = 2.0) -> list[int]:
-    """The largest chunk of each PC-MMR step until it stops growing (it then repeats): first_chunk,
-    times growth each step, capped by the budget and MAX_CHUNK."""
+def step_caps(budget: int, first_chunk: int = 1, growth: float = 2.0) -> list[int]:
+    """Each PC-MMR step's cap (the most picks it may take) until the caps stop growing (the last one then
+    repeats): 1 for the first step, then first_chunk, times growth each step, capped by budget and MAX_CHUNK."""
     _check_schedule(first_chunk, growth)
     cap = max(1, min(budget, MAX_CHUNK))
-    sizes, size = [], float(first_chunk)
+    sizes, size = [1], float(first_chunk)
     while True:
         sizes.append(min(max(1, int(size)), cap))
         if sizes[-1] == cap or growth == 1.0:
@@ -93,10 +83,22 @@ def growing_chunks(budget: int, first_chunk: int = 1, growth: float = 2.0) -> li
         size *= growth
 
 
+@dataclass(frozen=True)
+class Steps:
+    """How many picks each PC-MMR step took, kept where the run left it (on the GPU for the kernels) so
+    that recording it costs no host sync; tolist() reads it."""
+    counts: Tensor              # [steps] int, 0 for steps that found the budget filled
+    total: int                  # picks in all; picks the counts miss (the kernels' finisher) took one step each
+
+    def tolist(self) -> list[int]:
+        steps = [c for c in self.counts.tolist() if c > 0]
+        return steps + [1] * (self.total - sum(steps))
+
+
 def _pick_in_pool(s_pool: Tensor, cand: Tensor, rel: Tensor, red: Tensor, score: Tensor, tau: float,
                   tau_token: int, c: int, penalty: float) -> list[int]:
     """Greedy MMR inside the pool: take the best candidate (lowest token index among ties) while no
-    token outside could beat it; at most c. Returns pool slots in pick order (see _pool_kernel._pick)."""
+    token outside could beat it; at most c. Returns pool slots in pick order (see kernels/pc_mmr.py _pick)."""
     alive = torch.isfinite(score)
     big = torch.iinfo(cand.dtype).max
     chosen: list[int] = []
@@ -113,18 +115,17 @@ def _pick_in_pool(s_pool: Tensor, cand: Tensor, rel: Tensor, red: Tensor, score:
 
 
 def _pc_mmr_torch(relevance: Tensor, factors: DualFactors, budget: int, penalty: float,
-                  chunks: list[int]) -> Tensor:
-    """PC-MMR in plain PyTorch (CPU, and the reference for the CUDA kernels)."""
+                  chunks: list[int]) -> tuple[Tensor, Steps]:
+    """PC-MMR in plain PyTorch (CPU, and the reference for the CUDA kernels): picks and steps."""
     n, device = relevance.shape[0], relevance.device
     red = torch.full((n,), float("-inf"), device=device)    # -inf: nothing picked yet (redundancy 0)
     taken = torch.zeros(n, dtype=torch.bool, device=device)
     score = relevance.clone()
     picks: list[Tensor] = []
-    count, step = 0, 0
+    steps: list[int] = []
+    count = 0
     while count < budget:
-        chunk = chunks[min(step, len(chunks) - 1)]
-        step += 1
-        c = 1 if count == 0 else min(chunk, budget - count)   # the first pick turns 'no redundancy' into S
+        c = min(chunks[min(len(steps), len(chunks) - 1)], budget - count)
         pool = min(2 * c, n - count)
         ranked = score.sort(descending=True, stable=True)   # stable: ties keep index order, as argmax
         cand = ranked.indices[:pool]
@@ -133,25 +134,38 @@ def _pc_mmr_torch(relevance: Tensor, factors: DualFactors, budget: int, penalty:
                               tau, tau_token, c, penalty)
         chosen = cand[slots]
         picks.append(chosen)
+        steps.append(len(slots))
         taken[chosen] = True
         count += len(slots)
         red = torch.maximum(red, factors.columns(chosen).amax(dim=1))
         score = torch.add(relevance, red, alpha=-penalty).masked_fill_(taken, float("-inf"))
-    return torch.cat(picks) if picks else torch.empty(0, dtype=torch.long, device=device)
+    out = torch.cat(picks) if picks else torch.empty(0, dtype=torch.long, device=device)
+    return out, Steps(torch.tensor(steps, dtype=torch.int32), budget)
 
 
 def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
            first_chunk: int = 1, growth: float = 2.0) -> Tensor:
-    """Progressive chunked MMR: each step takes up to c tokens, c growing geometrically (chunk_sizes).
+    """Progressive chunked MMR: greedy MMR's picks, in greedy's order, taken several per step.
 
-    A step ranks all tokens by MMR score and takes its pool, the top 2c. Inside the pool it runs greedy
-    MMR with the pool's own [2c x 2c] block of S, and stops once the pool's best could be beaten by a
-    token outside: outside scores only fall as tokens are taken, so the best of them at the start of the
-    step bounds them all. Every pick is therefore greedy MMR's pick, in greedy's order; chunking only
-    decides how many picks share one step. Redundancy is then updated with one [N x picks] block of S;
-    the [N x N] matrix is never built. On CUDA with Triton, steps run as fused kernels replayed as CUDA
-    graphs (iwp/_pool_kernel.py).
+    Step caps (step_caps): the first step takes exactly one pick (before it nothing is picked and
+    redundancy is 0; after it, it is a max of S, which may be negative, so scores could rise: no bound
+    holds across that first pick). The next step takes at most first_chunk picks, each later step growth
+    times more, up to MAX_CHUNK. A step with cap c ranks all tokens by MMR score and takes its pool, the
+    top 2c. Inside the pool it runs greedy MMR with the pool's own [2c x 2c] block of S, and stops once the
+    pool's best could be beaten by a token outside: outside scores only fall as tokens are taken, so the
+    best of them at the start of the step bounds them all. So a step may take fewer picks than its cap
+    (pc_mmr_steps says how many each took); chunking only decides how many picks share one step.
+    Redundancy is then updated with one [N x picks] block of S; the [N x N] matrix is never built. On
+    CUDA with Triton, steps run as fused kernels replayed as CUDA graphs (iwp/kernels/pc_mmr.py).
+    Returns the picked indices in pick order.
     """
+    return pc_mmr_steps(m, k, v, budget, lam, first_chunk, growth)[0]
+
+
+def pc_mmr_steps(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
+                 first_chunk: int = 1, growth: float = 2.0) -> tuple[Tensor, Steps]:
+    """pc_mmr's picks and how many picks each of its steps took (Steps: read with .tolist(), which
+    waits for the GPU; recording them adds no host sync)."""
     budget = _check_budget(m, budget)
     _check_lam(lam)
     _check_schedule(first_chunk, growth)
@@ -160,9 +174,10 @@ def pc_mmr(m: Tensor, k: Tensor, v: Tensor, budget: int, lam: float = 0.5,
     if k.shape[1] != n:
         raise ValueError(f"m has {n} tokens but k/v have {k.shape[1]}")
     if budget == 0:
-        return torch.empty(0, dtype=torch.long, device=m.device)
+        return torch.empty(0, dtype=torch.long, device=m.device), Steps(torch.empty(0, dtype=torch.int32), 0)
     relevance, penalty = _relevance(m, lam), 1.0 - lam
-    chunks = growing_chunks(budget, first_chunk, growth)
-    if m.device.type == "cuda" and _pool_kernel.AVAILABLE and n < _pool_kernel.MAX_TOKENS:
-        return _pool_kernel.pc_mmr(relevance, k, v, budget, penalty, chunks)
+    chunks = step_caps(budget, first_chunk, growth)
+    if m.device.type == "cuda" and n < kernels.MAX_TOKENS and kernels.cuda_pc_mmr().AVAILABLE:
+        picks, counts = kernels.cuda_pc_mmr().pc_mmr(relevance, k, v, budget, penalty, chunks)
+        return picks, Steps(counts, budget)
     return _pc_mmr_torch(relevance, DualFactors(k, v), budget, penalty, chunks)

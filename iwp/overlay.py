@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .mmr import chunk_sizes
 from .selection import (CATEGORIES, DROPPED_DUPLICATE, DROPPED_LOW, KEPT_DIVERSITY, KEPT_MAGNITUDE, Selection,
                         TokenGroup)
 
@@ -88,17 +87,80 @@ def _with_strip(image: Image.Image, entries: list[tuple[tuple[int, int, int], st
     return canvas
 
 
+# What the four categories mean for a method other than IWP: the same kept/dropped x magnitude top-K
+# split, without IWP's reading of it ("for diversity", "as duplicate") that only IWP's objective justifies.
+PLAIN_LABELS = {KEPT_MAGNITUDE: "kept, in magnitude top-K", KEPT_DIVERSITY: "kept, outside magnitude top-K",
+                DROPPED_DUPLICATE: "dropped, in magnitude top-K", DROPPED_LOW: "dropped, outside magnitude top-K"}
+DROPPED_SHADE = {DROPPED_DUPLICATE: (245, 130, 20), DROPPED_LOW: (25, 25, 25)}   # what dropped patches fade to
+UNSEEN = "not seen by the model (cropped or padding)"
+KEPT_TINT = 0.5                # a kept patch is tinted with opacity * KEPT_TINT of its colour, and outlined
+DROP_FADE = (0.35, 0.5)        # a dropped patch fades by DROP_FADE[0] + opacity * DROP_FADE[1]
+
+
+def legend_colour(category: str) -> tuple[int, int, int]:
+    """The colour that marks the category in category_overlay: outline (kept) or fade (dropped)."""
+    return DROPPED_SHADE.get(category, CATEGORY_COLORS[category])
+
+
+def category_labels(method: str) -> dict[str, str]:
+    """Category -> the label that is true for the method (IWP's own names only for IWP)."""
+    return {c: c for c in CATEGORIES} if method == "iwp" else dict(PLAIN_LABELS)
+
+
+def unseen_mask(group: TokenGroup, size: tuple[int, int]) -> np.ndarray | None:
+    """[H, W] bool: the pixels of the drawn picture that no visual token covers (what a centre crop cut
+    off, or padding); None when the tokens carry no boxes."""
+    boxes = _pixel_boxes(group, size)
+    if not boxes:
+        return None
+    seen = np.zeros((size[1], size[0]), bool)
+    for _, (x0, y0, x1, y1) in boxes:
+        seen[y0:y1, x0:x1] = True
+    return ~seen
+
+
+def _hatch(out: np.ndarray, mask: np.ndarray) -> None:
+    """Darken the masked pixels with diagonal stripes, in place."""
+    yy, xx = np.nonzero(mask)
+    stripe = ((xx + yy) // 5) % 2 == 0
+    out[yy, xx] = out[yy, xx] * np.where(stripe, 0.25, 0.6)[:, None]
+
+
 def category_overlay(image: Image.Image, group: TokenGroup, legend: bool = True, max_side: int = MAX_SIDE,
-                     alpha: float = 0.5) -> Image.Image:
-    """Every visual patch filled with its category colour (one fixed colour per category), plus a legend."""
+                     opacity: float = 0.5, method: str = "iwp", title: str | None = None) -> Image.Image:
+    """Kept patches outlined in their category colour (lightly tinted), dropped ones faded (dark: low
+    magnitude; orange: in the magnitude top-K), the area the model never sees hatched; a legend below.
+    Readable on photos: the kept content stays visible; opacity (0..1) sets how strong the fills are."""
     pic = fit(image, max_side)
-    colors = np.array([CATEGORY_COLORS[c] for c in group.categories], np.float32).reshape(-1, 3)
-    out = _blend(pic, group, colors, np.full(group.n, alpha, np.float32))
+    opacity = float(min(max(opacity, 0.0), 1.0))
+    base = np.asarray(pic, dtype=np.float32)
+    out = base.copy()
+    kept = set(group.kept)
+    boxes = _pixel_boxes(group, pic.size)
+    for t, (x0, y0, x1, y1) in boxes:
+        c = group.categories[t]
+        if t in kept:
+            a, colour = opacity * KEPT_TINT, CATEGORY_COLORS[c]
+        else:
+            a, colour = DROP_FADE[0] + opacity * DROP_FADE[1], DROPPED_SHADE[c]
+        out[y0:y1, x0:x1] = base[y0:y1, x0:x1] * (1 - a) + np.array(colour, np.float32) * a
+    unseen = unseen_mask(group, pic.size)
+    if unseen is not None and unseen.any():
+        _hatch(out, unseen)
+    drawn = Image.fromarray(out.round().astype(np.uint8))
+    d = ImageDraw.Draw(drawn)
+    for t, (x0, y0, x1, y1) in boxes:
+        if t in kept:
+            width = 2 if min(x1 - x0, y1 - y0) >= 8 else 1
+            d.rectangle([x0, y0, x1 - 1, y1 - 1], outline=CATEGORY_COLORS[group.categories[t]], width=width)
     if not legend:
-        return out
+        return drawn
+    labels = category_labels(method)
     counts = {c: group.categories.count(c) for c in CATEGORIES}
-    return _with_strip(out, [(CATEGORY_COLORS[c], f"{c}: {counts[c]}") for c in CATEGORIES],
-                       title=f"kept {len(group.kept)} of {group.n} visual tokens")
+    entries = [(legend_colour(c), f"{labels[c]}: {counts[c]}") for c in CATEGORIES]
+    if unseen is not None and unseen.any():
+        entries.append(((60, 60, 60), UNSEEN))
+    return _with_strip(drawn, entries, title=title or f"kept {len(group.kept)} of {group.n} visual tokens")
 
 
 def heat_colors(values: np.ndarray) -> np.ndarray:
@@ -120,19 +182,16 @@ def heatmap(image: Image.Image, group: TokenGroup, max_side: int = MAX_SIDE, alp
     return _with_strip(out, ramp, title="information magnitude (low to high)")
 
 
-def pick_chunks(selection: Selection, group: TokenGroup) -> list[int]:
-    """Chunk sizes of the selection's pick order: the PC-MMR schedule for IWP, one pick per step otherwise."""
-    budget = len(group.kept)
-    if selection.method == "iwp" and budget:
-        p = selection.params
-        return chunk_sizes(budget, int(p.get("first_chunk", 1)), float(p.get("growth", 2.0)))
-    return [1] * budget
+def pick_steps(group: TokenGroup) -> list[int]:
+    """How many picks each step of the selector took: the steps the run recorded (IWP's PC-MMR), else one
+    pick a step."""
+    return list(group.steps) if group.steps else [1] * len(group.kept)
 
 
-def replay_frame(image: Image.Image, group: TokenGroup, step: int, chunks: list[int] | None = None,
+def replay_frame(image: Image.Image, group: TokenGroup, step: int, steps: list[int] | None = None,
                  max_side: int = MAX_SIDE) -> Image.Image:
-    """The selection after its first `step` picks: picked patches in category colours, the newest chunk
-    outlined, the rest dimmed."""
+    """The selection after its first `step` picks: picked patches in category colours, the picks of the
+    newest selector step (steps: picks per step, pick_steps) outlined, the rest dimmed."""
     pic = fit(image, max_side)
     step = max(0, min(step, len(group.kept)))
     picked = group.kept[:step]
@@ -143,13 +202,13 @@ def replay_frame(image: Image.Image, group: TokenGroup, step: int, chunks: list[
         alpha[t] = 0.45
     out = _blend(pic, group, colors, alpha)
     newest, title = picked, f"pick {step} of {len(group.kept)}"
-    if chunks:
-        ends = np.cumsum(chunks)
+    if steps:
+        ends = np.cumsum(steps)
         c = int(np.searchsorted(ends, step)) if step else 0
         start = int(ends[c - 1]) if c else 0
         if step:
             newest = group.kept[start:step]
-            title += f" (chunk {c + 1} of {len(chunks)}: picks {start + 1}-{step})"
+            title += f" (step {c + 1} of {len(steps)}: picks {start + 1}-{step})"
     d = ImageDraw.Draw(out)
     for _, box in _pixel_boxes(group, out.size, newest if step else []):
         d.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(255, 255, 255), width=2)
@@ -199,8 +258,12 @@ def frame_groups(selection: Selection, n_frames: int) -> list[tuple[TokenGroup, 
     video = [g for g in selection.groups if g.kind == "video" and g.frames is not None]
     if video:
         g = video[0]
+        # a token stands for its frame and the frames after it up to the next token frame (Qwen merges
+        # two frames per temporal patch: tokens carry frames 0, 2, 4, ...), so every sampled frame is drawn
+        starts = sorted({f for f in g.frames if f is not None})
         for f in range(n_frames):
-            out.append((g, [t for t in range(g.n) if g.frames[t] == f]))
+            own = max((s for s in starts if s <= f), default=None)
+            out.append((g, [t for t in range(g.n) if g.frames[t] is not None and g.frames[t] == own]))
     else:
         for g in selection.groups[:n_frames]:
             out.append((g, list(range(g.n))))
@@ -208,7 +271,8 @@ def frame_groups(selection: Selection, n_frames: int) -> list[tuple[TokenGroup, 
 
 
 def subgroup(group: TokenGroup, tokens: list[int]) -> TokenGroup:
-    """The tokens of one frame as a group of their own (kept order preserved)."""
+    """The tokens of one frame as a group of their own (kept order preserved; no steps: a run's steps
+    span every frame)."""
     where = {t: i for i, t in enumerate(tokens)}
     return TokenGroup(kind=group.kind, index=group.index, positions=[group.positions[t] for t in tokens],
                       kept=[where[t] for t in group.kept if t in where],

@@ -49,7 +49,9 @@ class TokenGroup:
     positions: sequence positions of the group's visual tokens (prompt order). kept: indices into
     positions, in pick order. cover/cover_similarity: per token, the kept token that covers it best
     (kept tokens cover themselves). boxes: per token (x0, y0, x1, y1) in original pixels, None for tokens
-    without a place (newline tokens). frames: per token the frame index (video), else None.
+    without a place (newline tokens). frames: per token the frame index (video), else None. steps: how
+    many picks each step of the selector took, in pick order (sums to len(kept)); None for selectors that
+    pick one token a step or sort once.
     """
     kind: str                                   # "image" or "video"
     index: int                                  # which image / video of the prompt
@@ -63,6 +65,7 @@ class TokenGroup:
     frames: list[int] | None = None
     image_size: tuple[int, int] | None = None   # (width, height) of the original image / frame
     budget: int = 0
+    steps: list[int] | None = None
 
     @property
     def n(self) -> int:

@@ -19,8 +19,7 @@ p.add_argument("--methods", default="none,random,iwp")
 a = p.parse_args()
 model = bench_models.build_model(bench_models.real_config(a.model_shape), "cuda")
 prompt = bench_models.build_prompt(model, a.input)
-bench_models.set_pooling(model, prompt)
-bench_models.set_vision_hidden_states(model)
+bench_models.set_vision_speed(model, prompt, pooling=bench_models.set_pooling(model, prompt))
 for method in a.methods.split(","):
     bench_models.configure(model, None if method == "none" else method, 0.111, 2)
     run = lambda: model.generate(**prompt.kwargs, max_new_tokens=1, do_sample=False)   # noqa: E731

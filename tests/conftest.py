@@ -113,6 +113,8 @@ def reference_generate(model, inputs: dict, keep: list[int], layer: int, n: int 
             pid = pid[1:]
         cos, sin = lm.rotary_emb(h, pid)
         rows = torch.tensor(sorted(keep) + list(range(L, T)))
+        deepstack = got.get("deepstack_visual_embeds") or []        # Qwen3-VL: features added after layers 0..
+        visual = got.get("visual_pos_masks")
         with torch.no_grad():
             for i, block in enumerate(lm.layers):
                 if i == layer:
@@ -121,6 +123,12 @@ def reference_generate(model, inputs: dict, keep: list[int], layer: int, n: int 
                 allowed = torch.ones(t, t, dtype=torch.bool).tril()
                 mask = torch.zeros(t, t, dtype=h.dtype).masked_fill(~allowed, torch.finfo(h.dtype).min)[None, None]
                 h = block(h, attention_mask=mask, position_embeddings=(cos, sin), position_ids=None)
+                if i < len(deepstack):
+                    seen = visual[0] if i < layer else visual[0][rows]          # visual positions still here
+                    row_of = visual[0].long().cumsum(0) - 1                      # each one's row of features
+                    feats = deepstack[i][row_of[torch.arange(T) if i < layer else rows][seen]]
+                    h = h.clone()
+                    h[0, seen] = h[0, seen] + feats
             logits = model.lm_head(lm.norm(h[:, -1:]))
         nxt = logits[:, -1].argmax(-1, keepdim=True)
         seq["input_ids"] = torch.cat([seq["input_ids"], nxt], 1)

@@ -96,12 +96,15 @@ def test_smart_resize_matches_qwen_defaults():
 @pytest.mark.parametrize("name,kind,geometry", [
     ("llava_onevision", "video32", {"frames": 4}),
     ("qwen2_5_vl", "image", {"size": (56, 84)}),
+    ("qwen3_vl", "video32", {"frames": 4, "size": (64, 96)}),
 ])
 def test_harness_end_to_end(tmp_path, name, kind, geometry):
     from iwp import models
     model = models.family(name).tiny()[0]
     prompt = bench_models.build_prompt(model, kind, geometry)
-    assert prompt.n_total == sum(bench_models.N_TEXT) + prompt.n_visual + (2 if name == "qwen2_5_vl" else 0)
+    runs = prompt.geometry["grid_thw"][0] if name == "qwen3_vl" else 1    # Qwen3-VL: one run per temporal patch
+    extra = {"qwen2_5_vl": 2, "qwen3_vl": runs * (2 + bench_models.N_TIMESTAMP)}.get(name, 0)
+    assert prompt.n_total == sum(bench_models.N_TEXT) + prompt.n_visual + extra
     rows = bench_models.bench(model, prompt, ratios=[1.0, 0.5], methods=["iwp"], layer=1, repeats=2, warmup=1,
                               new_tokens=2, log=lambda s: None)
     base, pruned = rows
@@ -154,10 +157,25 @@ def test_real_size_inputs_follow_the_processors_rules():
     assert qi.kwargs["mm_token_type_ids"].shape == qi.kwargs["input_ids"].shape == (1, qi.n_total)
 
 
+def test_qwen3_vl_8b_inputs_follow_its_processors_rules():
+    from transformers import Qwen3VLForConditionalGeneration
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(bench_models.real_config("qwen3-vl-8b"))
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(8.77, abs=0.05)
+    v = bench_models.build_prompt(model, "video32")     # 32 720p frames within 25165824 pixels in all, factor 32
+    assert v.geometry["grid_thw"] == [16, 40, 72] and v.n_visual == 16 * 20 * 36
+    assert v.n_total == 16 * 20 * 36 + 16 * (2 + bench_models.N_TIMESTAMP) + sum(bench_models.N_TEXT)
+    assert v.kwargs["pixel_values_videos"].shape == (16 * 40 * 72, 3 * 2 * 16 * 16)
+    assert v.geometry["timestamp_tokens"] == 16 * bench_models.N_TIMESTAMP   # a timestamped run per slice
+    i = bench_models.build_prompt(model, "image")
+    assert i.geometry["grid_thw"] == [1, 44, 80] and i.n_visual == 22 * 40 and i.n_total == 880 + 63 + 2
+    assert 12 * i.vision_flops < v.vision_flops < 16 * i.vision_flops     # 16 slices, each smaller than the image
+
+
 @pytest.mark.parametrize("stock", [False, True])
 def test_run_shape_checks_and_applies_the_channels_last_pooling(tmp_path, stock):
-    from iwp import models
-    from iwp.models.llava_onevision import uses_fast_pooling
+    from iwp import models, vision_speed
+    uses_fast_pooling = lambda m: "channels_last_pooling" in vision_speed.applied_parts(m)    # noqa: E731
     model = models.family("llava_onevision").tiny()[0]
     argv = ["--input", "video32", "--ratios", "1.0,0.5", "--methods", "random", "--repeats", "1", "--warmup", "0",
             "--new-tokens", "1", "--layer", "1", "--json", str(tmp_path / "{input}-{gpu}.json")]
@@ -172,10 +190,15 @@ def test_run_shape_checks_and_applies_the_channels_last_pooling(tmp_path, stock)
     pooling = json.loads((tmp_path / "video32-cpu.json").read_text())["pooling"]
     assert pooling == res["pooling"] and pooling["bitwise_equal"] is True and pooling["fast"] is (not stock)
     assert pooling["stock_ms"] > 0 and pooling["fast_ms"] > 0
-    assert used == [False] + [not stock] * 2              # the check reads the features, then both arms run
+    assert used[0] is False and used[-2:] == [not stock] * 2   # the checks read the features, then both arms run
     assert not uses_fast_pooling(model) and not hasattr(model, "_iwp_state")    # the instance leaves as it came
     assert ("video pooling: channels-last" in bench_models.markdown([res])) is (not stock)
     assert {r["method"] for r in res["runs"]} == {"none", "random"}
+    vision = res["vision_speed"]
+    assert vision["accelerate_vision"] is bool(vision["applied"]) and vision["bitwise_equal"] in (True, None)
+    lean = vision_speed._ov_reads_every_layer(model.model)     # transformers 5.17 reads every layer, 5.18+ one
+    assert vision["applied"] == ([] if stock else ["channels_last_pooling"]) + (["lean_hidden_states"] if lean else [])
+    assert res["vision_hidden_states"] == ("selected layer" if lean else "transformers' own")
 
 
 def test_phase_peaks_in_the_table_and_targets():
@@ -198,3 +221,100 @@ def test_phase_peaks_in_the_table_and_targets():
         del r["median"]["vision_peak_gb"], r["median"]["decoder_peak_gb"]
     res["targets"] = bench_models.targets(res)
     assert "decoder_peak_gb" not in res["targets"] and "| 16.90 | - | - |" in bench_models.markdown([res])
+
+
+def _run(model, tmp_path, monkeypatch, *extra):
+    monkeypatch.setitem(bench_models.DEFAULT_INPUTS["qwen2_5_vl"], "image", {"size": (56, 84)})   # a small image
+    argv = ["--input", "image", "--ratios", "1.0,0.5", "--methods", "iwp", "--repeats", "1", "--warmup", "0",
+            "--new-tokens", "3", "--layer", "1", "--json", str(tmp_path / "{input}-{gpu}.json"), *extra]
+    args = bench_models.parse_args(argv)
+    args.argv = argv
+    patched = []                                          # per vision call: was accelerate_vision in force?
+    spy = model.model.visual.register_forward_pre_hook(
+        lambda *a: patched.append(all("forward" in vars(b.attn) for b in model.model.visual.blocks)))
+    try:
+        (res,) = bench_models.run_shape(args, model=model)
+    finally:
+        spy.remove()
+    assert res == json.loads((tmp_path / "image-cpu.json").read_text())
+    return res, patched
+
+
+@pytest.mark.parametrize("stock", [False, True])
+def test_qwen_arms_run_accelerate_vision_when_bitwise_equal(tmp_path, monkeypatch, stock):
+    from iwp import models, vision_speed
+    model = models.family("qwen2_5_vl").tiny()[0]
+    res, patched = _run(model, tmp_path, monkeypatch, *(["--stock-vision"] if stock else []))
+    vision = res["vision_speed"]
+    if stock:
+        assert not vision["accelerate_vision"] and vision["applied"] == [] and vision["stock_ms"] is None
+        assert vision["skipped"] == {"batched_vision_attention": "--stock-vision"} and not any(patched)
+        assert "vision: transformers' own (--stock-vision)" in bench_models.markdown([res])
+    else:
+        assert vision["accelerate_vision"] and vision["bitwise_equal"] is True
+        assert vision["applied"] == ["batched_vision_attention"] and vision["fast_ms"] > 0
+        assert patched[-2:] == [True, True] and patched[0] is False   # stock reference first, then both arms
+        assert "iwp.accelerate_vision: batched_vision_attention" in bench_models.markdown([res])
+    assert res["pooling"] is None and res["vision_hidden_states"] is None
+    assert vision_speed.applied_parts(model) == [] and not hasattr(model, "_iwp_state")   # left as it came
+
+
+def test_keep_one_arm_and_phase_breakdown(tmp_path, monkeypatch):
+    from iwp import models
+    model = models.family("qwen2_5_vl").tiny()[0]
+    res, _ = _run(model, tmp_path, monkeypatch, "--keep-one")
+    assert res["keep_one"] is True
+    assert [(r["method"], r["keep_ratio"]) for r in res["runs"]] == [("none", 1.0), ("iwp", 1.0), ("iwp", 0.5)]
+    none, one, half = res["runs"]
+    assert one["n_tokens"] == none["n_tokens"] == res["n_total"] > half["n_tokens"]
+    for r in res["runs"]:
+        m = r["median"]
+        assert m["decode_ms_per_token"] > 0 and m["decode_ms"] == pytest.approx(3 * m["decode_ms_per_token"])   # 3 steps after the first
+        assert m["pre_vision_ms"] >= 0 and m["layers_after_k_ms"] > 0 and m["layers_before_k_ms"] > 0
+        # the phases tile the time to the first token: before vision, vision, layers < K, cut, layers >= K
+        total = (m["pre_vision_ms"] + m["vision_ms"] + m["layers_before_k_ms"] + m["layer_k_gap_ms"]
+                 + m["layers_after_k_ms"])
+        assert total == pytest.approx(m["ttft_ms"], rel=1e-6)
+    table = bench_models.markdown([res])
+    assert "| decode ms/token |" in table and table.count("| iwp | 100.0% |") == 2
+
+
+def test_small_real_shapes_follow_the_published_configs():
+    from pathlib import Path
+    fixtures = Path(__file__).parent / "fixtures"
+    q = bench_models.real_config("qwen2.5-vl-3b")
+    pub = json.loads((fixtures / "qwen2.5-vl-3b-instruct.config.json").read_text())
+    tc, vc = q.text_config, q.vision_config
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "vocab_size"):
+        assert getattr(tc, key) == pub[key], key
+    for key, value in pub["vision_config"].items():
+        if hasattr(vc, key) and key != "in_chans":
+            assert getattr(vc, key) == value, key
+    assert q.tie_word_embeddings is True and q.image_token_id == pub["image_token_id"]
+    ov = bench_models.real_config("llava-onevision-0.5b")
+    pub = json.loads((fixtures / "llava-onevision-qwen2-0.5b-ov-hf.config.json").read_text())
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "vocab_size"):
+        assert getattr(ov.text_config, key) == pub["text_config"][key], key
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                "patch_size"):
+        assert getattr(ov.vision_config, key) == pub["vision_config"][key], key
+    assert ov.image_grid_pinpoints == pub["image_grid_pinpoints"] and ov.vision_aspect_ratio == pub["vision_aspect_ratio"]
+    assert (ov.image_token_id, ov.video_token_id) == (pub["image_token_index"], pub["video_token_index"])
+    for shape in ("llava-onevision-0.5b", "qwen2.5-vl-3b"):                # --small: tiny widths, same structure
+        assert bench_models.real_config(shape, small=True).text_config.hidden_size < 100
+
+
+def test_qwen3_vision_flops_match_torch_flop_counter():
+    from iwp import models
+    model = models.family("qwen3_vl").tiny()[0]
+    model.set_attn_implementation("eager")
+    try:
+        for grid in [(1, 8, 12), (2, 4, 8)]:            # one image; two temporal slices of a video
+            n = grid[0] * grid[1] * grid[2]
+            pv = torch.randn(n, 3 * 2 * 16 * 16)
+            counted = _counted(lambda: model.model.visual(pv, grid_thw=torch.tensor([grid])))
+            assert counted == flops.qwen3_vision_flops(model.config.vision_config, [grid])
+    finally:
+        model.set_attn_implementation("sdpa")

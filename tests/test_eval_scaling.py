@@ -19,10 +19,17 @@ def test_command_lines(tmp_path):
 
 
 def test_calibrated_count_is_a_multiple_of_the_shard_step():
-    cal = {"evaluate_s": 10.0, "n": 100}
+    cal = [{"evaluate_s": 10.0, "n": 100}]
     assert eval_scaling.questions_for(cal, 45.0, 100, 4000) == 400
     assert eval_scaling.questions_for(cal, 1.0, 100, 4000) == 100            # at least one batch per process
     assert eval_scaling.questions_for(cal, 1e6, 100, 4000) == 4000
+
+
+def test_two_calibration_runs_separate_the_fixed_seconds():
+    # 5 s fixed + 0.02 s per question: a proportion from the 100-question run alone would aim 6x too low
+    cal = [{"evaluate_s": 7.0, "n": 100}, {"evaluate_s": 13.0, "n": 400}]
+    assert eval_scaling.questions_for(cal, 65.0, 100, 8000) == 3000
+    assert eval_scaling.questions_for(cal[:1], 65.0, 100, 8000) == 900
 
 
 def _fake_evaluate(seconds_per_question: dict, rows_by_nproc: dict):
@@ -36,7 +43,8 @@ def _fake_evaluate(seconds_per_question: dict, rows_by_nproc: dict):
         path = cmd[cmd.index("--json") + 1]
         rows = [{**r, "n": n} for r in rows_by_nproc[nproc]]
         with open(path, "w") as f:
-            json.dump({"seconds": n * seconds_per_question[nproc], "processes": nproc, "n": n, "results": rows}, f)
+            json.dump({"seconds": n * seconds_per_question[nproc], "prepare_s": 0.0,
+                   "questions_s": n * seconds_per_question[nproc], "processes": nproc, "n": n, "results": rows}, f)
         assert env["NCCL_NVLS_ENABLE"] == "0" and env["NVSHMEM_DISABLE_NVLS"] == "1"
         return subprocess.CompletedProcess(cmd, 0, "", "")
     return fake, calls
@@ -48,11 +56,12 @@ def test_main_calibrates_runs_both_and_compares(tmp_path, monkeypatch, capsys):
     out = tmp_path / "scaling.json"
     res = eval_scaling.main(["--nproc", "2", "--target-seconds", "20", "--batch-size", "10", "--methods", "iwp",
                              "--ratios", "1.0", "0.111", "--json", str(out)])
-    assert len(calls) == 3                                        # calibration, one process, torchrun
-    assert res["questions"] == 200 and res["calibration"]["n"] == 100
+    assert len(calls) == 4                                        # two calibrations, one process, torchrun
+    assert res["questions"] == 200 and [c["n"] for c in res["calibration"]] == [100, 400]
     assert [r["nproc"] for r in res["runs"]] == [1, 2] and all(r["rc"] == 0 for r in res["runs"])
     assert res["scaling"]["identical_results"] is True and res["scaling"]["speedup_evaluate"] == 2.0
     assert res["scaling"]["efficiency_evaluate"] == 1.0 and "speedup_wall" in res["scaling"]
+    assert res["scaling"]["speedup_questions"] == 2.0 and res["scaling"]["efficiency_questions"] == 1.0
     assert json.loads(out.read_text())["scaling"] == res["scaling"]
     assert (tmp_path / "evaluate-1proc.json").exists() and (tmp_path / "evaluate-2proc.json").exists()
     assert "| 2 |" in capsys.readouterr().out and "| iwp |" in res["accuracy_table"]

@@ -20,11 +20,24 @@ def test_question_guard():
 
 def test_settings_guard():
     assert guards.check_settings(0.5, "iwp", ["iwp", "fastv"]) == (0.5, "iwp")
-    for r in (0, -1, 1.5, "abc", None):
-        with pytest.raises(InputError, match="keep_ratio"):
+    for r in (0, -1, 1.5, "abc", "0.5", None, float("nan"), float("inf"), True, [0.5]):
+        with pytest.raises(InputError, match="^keep_ratio "):
             guards.check_settings(r, "iwp", ["iwp"])
-    with pytest.raises(InputError, match="Unknown method"):
-        guards.check_settings(0.5, "nope", ["iwp"])
+    for m in ("nope", None, 3):
+        with pytest.raises(InputError, match="^method: unknown method"):
+            guards.check_settings(0.5, m, ["iwp"])
+
+
+def test_advanced_settings_guard_names_the_field():
+    assert guards.check_advanced(None, None, None, None, 4) == {}
+    assert guards.check_advanced(2, 0.3, 8, 2.0, 4) == {"layer": 2, "lam": 0.3, "first_chunk": 8, "growth": 2.0}
+    bad = [("layer", dict(layer=4)), ("layer", dict(layer=-1)), ("layer", dict(layer=1.5)),
+           ("layer", dict(layer="2")), ("lam", dict(lam=float("nan"))), ("lam", dict(lam=1.5)),
+           ("first_chunk", dict(first_chunk=0)), ("growth", dict(growth=float("inf"))), ("growth", dict(growth=0.5))]
+    for field, given in bad:
+        args = {"layer": None, "lam": None, "first_chunk": None, "growth": None, **given}
+        with pytest.raises(InputError, match=f"^{field} "):
+            guards.check_advanced(args["layer"], args["lam"], args["first_chunk"], args["growth"], 4)
 
 
 def test_missing_input():
@@ -32,6 +45,17 @@ def test_missing_input():
         guards.choose_input(None, None)
     assert guards.choose_input("a.png", None) == "image"
     assert guards.choose_input(None, "a.mp4") == "video"
+
+
+def test_the_shown_tab_decides_never_a_hidden_input():
+    assert guards.choose_input("a.png", "a.mp4", shown="video") == "video"
+    assert guards.choose_input("a.png", "a.mp4", shown="image") == "image"
+    with pytest.raises(InputError, match="Video tab is shown but holds no video.*Image tab holds an image"):
+        guards.choose_input("a.png", None, shown="video")
+    with pytest.raises(InputError, match="Image tab is shown but holds no image"):
+        guards.choose_input(None, None, shown="image")
+    with pytest.raises(InputError, match="Both an image and a video"):       # no tab (API): say, not guess
+        guards.choose_input("a.png", "a.mp4")
 
 
 def test_good_image_loads_as_rgb(tmp_path):
@@ -87,7 +111,7 @@ def test_huge_image_is_downscaled_to_the_pixel_cap(tmp_path):
     Image.new("RGB", (2000, 1000), (1, 2, 3)).save(p)
     img, notes = guards.load_image(str(p))
     assert img.width * img.height <= guards.MAX_PIXELS and abs(img.width / img.height - 2) < 0.01
-    assert "downscaled" in notes[0]
+    assert "downscaled" in notes[0] and "2000 x 1000" in notes[0]
     small, notes = guards.load_image(Image.new("RGB", (1500, 1500)))    # PIL images too
     assert small.width * small.height <= guards.MAX_PIXELS and notes
 
@@ -100,6 +124,7 @@ def test_video_guards(tmp_path):
     w.release()
     clip = guards.load_video(str(good), max_frames=4)
     assert len(clip.frames) == 4
+    assert guards.load_video(str(good), max_frames=4) is clip                 # decoded once per upload
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     with pytest.raises(InputError, match="empty"):
@@ -110,3 +135,10 @@ def test_video_guards(tmp_path):
         guards.load_video(str(junk), 4)
     with pytest.raises(InputError, match="Unsupported video format"):
         guards.load_video(str(tmp_path / "ok.flv"), 4) if (tmp_path / "ok.flv").write_bytes(b"x") else None
+
+
+def test_size_note_reports_the_uploaded_size_of_a_huge_jpeg(tmp_path):
+    p = tmp_path / "photo.jpg"
+    Image.new("RGB", (4000, 3000), (90, 120, 150)).save(p, quality=80)
+    img, notes = guards.load_image(str(p))                # decoded at half size (draft), then downscaled
+    assert "Uploaded image: 4000 x 3000" in notes[0] and f"{img.width} x {img.height}" in notes[0]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from iwp.dual_form import information_duplication, information_magnitude
-from iwp.mmr import MAX_CHUNK, chunk_sizes, greedy_mmr, growing_chunks, pc_mmr
+from iwp.mmr import MAX_CHUNK, greedy_mmr, step_caps, pc_mmr, pc_mmr_steps
 
 
 def mmr_reference(m, S, budget, lam):
@@ -89,15 +89,36 @@ def test_pc_mmr_skips_near_copies_inside_a_chunk():
 @pytest.mark.parametrize("clusters,lam,first_chunk,growth", [(10, 0.5, 1, 3.0), (40, 0.5, 1, 2.0), (40, 0.3, 4, 3.0),
                                                              (120, 0.8, 1, 4.0), (3, 0.5, 2, 1.5)])
 def test_pc_mmr_is_greedy_mmr_in_fewer_steps(clusters, lam, first_chunk, growth):
-    from iwp.bench.selection import _count_steps
     q, k, v = clustered_tokens(n=400, clusters=clusters, seed=3)
     m = information_magnitude(q, k, v)
+    picks, steps = pc_mmr_steps(m, k, v, 60, lam=lam, first_chunk=first_chunk, growth=growth)
+    assert picks.tolist() == greedy_mmr(m, information_duplication(k, v), 60, lam=lam).tolist()
+    assert len(steps.tolist()) < 60 / 3                          # chunks really take several tokens a step
 
-    def run():
-        return pc_mmr(m, k, v, 60, lam=lam, first_chunk=first_chunk, growth=growth)
 
-    assert run().tolist() == greedy_mmr(m, information_duplication(k, v), 60, lam=lam).tolist()
-    assert _count_steps(run) < 60 / 3                           # chunks really take several tokens a step
+def check_steps(steps: list[int], budget: int, caps: list[int]) -> None:
+    """The steps of one run: they sum to the budget, the first takes one pick, each stays under its cap."""
+    assert sum(steps) == budget
+    assert steps[0] == 1
+    assert all(1 <= s <= caps[min(i, len(caps) - 1)] for i, s in enumerate(steps)), (steps, caps)
+
+
+@pytest.mark.parametrize("budget,first_chunk,growth", [(60, 1, 2.0), (60, 4, 3.0), (37, 2, 1.0), (100, 16, 2.0)])
+def test_pc_mmr_steps_are_the_run_s_own(budget, first_chunk, growth):
+    q, k, v = clustered_tokens(n=400, clusters=120, seed=5)
+    m = information_magnitude(q, k, v)
+    picks, steps = pc_mmr_steps(m, k, v, budget, first_chunk=first_chunk, growth=growth)
+    caps = step_caps(budget, first_chunk, growth)
+    check_steps(steps.tolist(), budget, caps)
+    assert steps.tolist()[1] <= first_chunk                     # first_chunk caps the step after the first pick
+    assert torch.equal(picks, pc_mmr(m, k, v, budget, first_chunk=first_chunk, growth=growth))
+
+
+def test_steps_stop_short_of_their_cap_when_an_outside_token_could_win():
+    q, k, v = clustered_tokens(n=400, clusters=10, seed=3)
+    steps = pc_mmr_steps(information_magnitude(q, k, v), k, v, 60, first_chunk=8, growth=2.0)[1].tolist()
+    caps = step_caps(60, 8, 2.0)
+    assert any(s < caps[min(i, len(caps) - 1)] for i, s in enumerate(steps[:-1]))   # not the schedule
 
 
 def test_pc_mmr_is_greedy_with_exact_ties_and_no_outside_tokens():
@@ -110,15 +131,14 @@ def test_pc_mmr_is_greedy_with_exact_ties_and_no_outside_tokens():
 
 
 def test_chunk_schedule():
-    assert chunk_sizes(10, 1, 2.0) == [1, 2, 4, 3]
-    assert chunk_sizes(3, 8, 2.0) == [3]
-    assert chunk_sizes(5, 1, 1.0) == [1, 1, 1, 1, 1]
-    assert chunk_sizes(0) == []
-    assert sum(chunk_sizes(697, 1, 2.0)) == 697 and max(chunk_sizes(697, 1, 2.0)) == MAX_CHUNK
-    assert growing_chunks(10, 1, 2.0) == [1, 2, 4, 8, 10]
-    assert growing_chunks(5, 1, 1.0) == [1]
-    assert growing_chunks(3, 8, 2.0) == [3]
-    assert growing_chunks(10**6, 32, 2.0) == [32, 64, MAX_CHUNK]
+    # one pick first, then first_chunk, times growth, up to the budget and MAX_CHUNK (the last cap repeats)
+    assert step_caps(10, 1, 2.0) == [1, 1, 2, 4, 8, 10]
+    assert step_caps(10, 3, 2.0) == [1, 3, 6, 10]
+    assert step_caps(5, 1, 1.0) == [1, 1]
+    assert step_caps(20, 4, 1.0) == [1, 4]
+    assert step_caps(3, 8, 2.0) == [1, 3]
+    assert step_caps(1, 8, 2.0) == [1, 1]
+    assert step_caps(10**6, 64, 2.0) == [1, 64, MAX_CHUNK]
 
 
 @pytest.mark.parametrize("fn", ["greedy", "pc"])
@@ -132,6 +152,8 @@ def test_edge_cases(fn):
         return pc_mmr(m, k, v, budget)
 
     assert run(m, k, v, 0).numel() == 0
+    if fn == "pc":
+        assert pc_mmr_steps(m, k, v, 0)[1].tolist() == []
     everything = run(m, k, v, 99)                                # budget >= N: all tokens, in pick order
     assert sorted(everything.tolist()) == list(range(6))
     assert run(m[:1], k[:, :1], v[:, :1], 3).tolist() == [0]    # N = 1

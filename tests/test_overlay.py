@@ -1,4 +1,5 @@
 """Pictures of a Selection, built from hand-made Selection objects (no model needed)."""
+import json
 import time
 
 import numpy as np
@@ -33,19 +34,46 @@ def pixel(img, x, y):
     return np.asarray(img)[y, x].astype(int)
 
 
-def test_category_colours_fill_each_patch_and_legend_lists_all_four():
+def test_kept_patches_tinted_and_outlined_dropped_ones_faded_and_legend_lists_all_four():
     g = make_group()
-    out = overlay.category_overlay(make_image(), g)
-    assert out.width >= W and out.height > H                     # legend strip below the picture
-    for t in (5, 0, 1, 2):                                       # one token of each category
-        x0, y0, x1, y1 = (int(v) for v in g.boxes[t])
-        got = pixel(out, (x0 + x1) // 2, (y0 + y1) // 2)
-        expect = 0.5 * np.array(overlay.CATEGORY_COLORS[g.categories[t]]) + 0.5 * 200
-        assert np.abs(got - expect).max() <= 1, (t, got, expect)
+    for opacity in (0.5, 0.0, 1.0):
+        out = overlay.category_overlay(make_image(), g, opacity=opacity)
+        assert out.width >= W and out.height > H                 # legend strip below the picture
+        for t in (5, 0, 1, 2):                                   # one token of each category
+            x0, y0, x1, y1 = (int(v) for v in g.boxes[t])
+            c = g.categories[t]
+            if t in g.kept:                                      # the photo shows through a light tint
+                a, colour = opacity * overlay.KEPT_TINT, overlay.CATEGORY_COLORS[c]
+                assert np.abs(pixel(out, x0 + 1, y0 + 1) - colour).max() <= 1      # the outline
+            else:
+                a, colour = overlay.DROP_FADE[0] + opacity * overlay.DROP_FADE[1], overlay.DROPPED_SHADE[c]
+            expect = a * np.array(colour) + (1 - a) * 200
+            assert np.abs(pixel(out, (x0 + x1) // 2, (y0 + y1) // 2) - expect).max() <= 1, (t, opacity)
     legend = np.asarray(out)[H:]
-    for c in CATEGORIES:                                         # every fixed colour appears in the legend
-        assert (np.abs(legend.astype(int) - overlay.CATEGORY_COLORS[c]).sum(-1) == 0).any(), c
-    assert len(set(overlay.CATEGORY_COLORS.values())) == 4
+    for c in CATEGORIES:                                         # every category's colour is in the legend
+        assert (np.abs(legend.astype(int) - overlay.legend_colour(c)).sum(-1) == 0).any(), c
+    assert len({overlay.legend_colour(c) for c in CATEGORIES}) == 4
+
+
+def test_labels_are_iwps_only_for_iwp():
+    assert overlay.category_labels("iwp")[KEPT_DIVERSITY] == KEPT_DIVERSITY
+    for method in ("random", "uniform", "fastv", "divprune", "magnitude"):
+        labels = overlay.category_labels(method)
+        assert not any("diversity" in v or "duplicate" in v for v in labels.values())
+        assert labels[KEPT_DIVERSITY] == "kept, outside magnitude top-K"
+
+
+def test_area_no_token_covers_is_hatched_and_named():
+    g = make_group(w=W, h=H)
+    g.image_size = (W + 100, H)                                  # a 100 px strip on the right: no token there
+    out = overlay.category_overlay(make_image(W + 100, H), g)
+    k = overlay.MAX_SIDE / (W + 100)                             # drawn at MAX_SIDE wide
+    strip = np.asarray(out)[:int(H * k), int((W + 5) * k):int((W + 95) * k)].astype(int)
+    assert strip.max() < 200 and len(np.unique(strip)) > 1      # darkened, striped
+    full = overlay.category_overlay(make_image(), make_group())
+    legend_lines = lambda img, h: img.height - h
+    assert overlay.unseen_mask(make_group(), (W, H)).sum() == 0
+    assert legend_lines(out, round(H * k)) > legend_lines(full, H)          # one more legend line
 
 
 def test_none_boxes_and_out_of_picture_boxes_are_skipped():
@@ -87,12 +115,30 @@ def test_replay_shows_exactly_the_first_picks():
     assert (pixel(full, *centre(1)) == pixel(dark, *centre(1))).all()     # never picked: stays dimmed
 
 
-def test_pick_chunks_follow_the_pc_mmr_schedule():
+def test_replay_draws_the_recorded_steps():
     g = make_group(kept=tuple(range(7)))
-    sel = Selection(groups=[g], layer=2, method="iwp", keep_ratio=0.5, params={"first_chunk": 1, "growth": 2.0})
-    assert overlay.pick_chunks(sel, g) == [1, 2, 4]
-    sel.method = "fastv"
-    assert overlay.pick_chunks(sel, g) == [1] * 7
+    assert overlay.pick_steps(g) == [1] * 7                     # no recorded steps: one pick a step
+    g.steps = [1, 4, 2]                                         # as PC-MMR recorded them, not a schedule
+    assert overlay.pick_steps(g) == [1, 4, 2]
+    outlined = lambda img, t: tuple(pixel(img, int(g.boxes[t][0]) + 1, int(g.boxes[t][1]) + 1)) == (255, 255, 255)
+    frame = overlay.replay_frame(make_image(), g, 3, overlay.pick_steps(g))
+    assert [outlined(frame, t) for t in range(7)] == [False, True, True, False, False, False, False]
+    frame = overlay.replay_frame(make_image(), g, 6, overlay.pick_steps(g))
+    assert [outlined(frame, t) for t in range(7)] == [False] * 5 + [True, False]
+    one_a_step = overlay.replay_frame(make_image(), g, 3, [1] * 7)
+    assert [outlined(one_a_step, t) for t in range(7)] == [False, False, True, False, False, False, False]
+
+
+def test_steps_travel_through_json():
+    g = make_group()
+    g.steps = [1, 3]
+    sel = Selection(groups=[g, make_group()], layer=2, method="iwp", keep_ratio=0.25)
+    back = Selection.from_dict(json.loads(sel.to_json()))
+    assert [x.steps for x in back.groups] == [[1, 3], None]
+    old = json.loads(sel.to_json())
+    for x in old["groups"]:
+        del x["steps"]                                          # a Selection saved before steps were recorded
+    assert [x.steps for x in Selection.from_dict(old).groups] == [None, None]
 
 
 def test_cover_view_and_token_at():

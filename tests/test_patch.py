@@ -58,14 +58,20 @@ def test_remove_restores_the_instance(tiny):
 def test_pruned_cached_generation_equals_no_cache_recomputation(tiny):
     model, proc = tiny("llava")
     inputs = one_image(proc)
+    with torch.no_grad():
+        unpruned = model(**inputs).logits[0, -1]
     iwp.apply(model, keep_ratio=0.25, layer=2)
     out = greedy(model, inputs, 6)
     sel = iwp.last_selection(model)[0]
+    with torch.no_grad():
+        pruned = model(**inputs).logits[0, -1]
     keep = surviving_positions(sel, inputs.input_ids.shape[1])
     iwp.remove(model)
     ref = reference_generate(model, dict(inputs), keep, layer=2, n=6)
     assert torch.equal(out, ref)
-    assert not torch.equal(out, greedy(model, inputs, 6)) or sel.n_kept < sel.n_visual
+    assert sel.n_kept < sel.n_visual and len(keep) < inputs.input_ids.shape[1]
+    # the cut changed what the model computes, so agreeing with the recomputation is not agreeing with no cut
+    assert not torch.allclose(pruned, unpruned)
 
 
 @pytest.mark.parametrize("layer", [0, 2])
@@ -110,6 +116,10 @@ def test_every_selector_runs_through_the_hook(tiny, method):
     sel = iwp.last_selection(model)[0]
     g = sel.groups[0]
     assert sel.method == method and len(g.kept) == 4 == g.budget and len(set(g.kept)) == 4
+    if method == "iwp":                                           # PC-MMR's own steps: one pick, then chunks
+        assert sum(g.steps) == 4 and g.steps[0] == 1
+    else:
+        assert g.steps is None
 
 
 def test_selection_record_is_complete(tiny):
@@ -126,7 +136,7 @@ def test_selection_record_is_complete(tiny):
     # LLaVA centre-crops 60x40 to its middle 40x40: boxes start at x = 10
     assert g.boxes[0] == (10.0, 0.0, 20.0, 10.0) and g.boxes[-1] == (40.0, 30.0, 50.0, 40.0)
     again = Selection.from_dict(json.loads(sel.to_json()))
-    assert again.groups[0].kept == g.kept
+    assert again.groups[0].kept == g.kept and again.groups[0].steps == g.steps and sum(g.steps) == len(g.kept)
 
 
 def test_pruning_context_restores(tiny):
@@ -198,7 +208,7 @@ def test_unpadded_batch_with_different_kept_counts(tiny, impl):
 
 
 def test_flash_style_2d_masks_are_cut_by_columns():
-    from iwp.patch import _cut_decode_mask, _cut_prefill_mask, _make_cut
+    from iwp.hook.cut import decode_mask as _cut_decode_mask, make_cut as _make_cut, prefill_mask as _cut_prefill_mask
     cut = _make_cut([torch.tensor([0, 2, 3]), torch.tensor([1, 3])], length=4, step=1)
     assert cut.idx.tolist() == [[0, 2, 3], [0, 1, 3]] and cut.valid.tolist() == [[True] * 3, [False, True, True]]
     mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])

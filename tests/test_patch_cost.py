@@ -10,7 +10,7 @@ from test_models_llava_onevision import video_batch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 import iwp
-from iwp import patch
+from iwp.hook import api, scoring, state as hook_state
 from iwp.models import base
 
 # aten ops that launch no kernel (views, metadata, allocation) and those that wait for the device
@@ -61,10 +61,10 @@ def counted(monkeypatch):
         return wrapped
 
     for name in ("_on_layer", "_on_call"):
-        monkeypatch.setattr(patch, name, on(getattr(patch, name)))
-    monkeypatch.setattr(patch, "_prompt_rows", off(patch._prompt_rows))
-    monkeypatch.setattr(patch._Rows, "__init__", off(patch._Rows.__init__))
-    monkeypatch.setattr(patch._HostCopy, "get", off(patch._HostCopy.get))
+        monkeypatch.setattr(api, name, on(getattr(api, name)))
+    monkeypatch.setattr(scoring, "_prompt_rows", off(scoring._prompt_rows))
+    monkeypatch.setattr(scoring.Rows, "__init__", off(scoring.Rows.__init__))
+    monkeypatch.setattr(hook_state.HostCopy, "get", off(hook_state.HostCopy.get))
     monkeypatch.setattr(base.Family, "groups", off(base.Family.groups))
     return ops
 
@@ -115,24 +115,36 @@ def test_previous_selection_is_freed_before_the_next_encoder_runs(tiny, method):
 
 
 def test_rows_and_kept_positions_with_and_without_runs():
-    rows = patch._Rows(torch.tensor([3, 4, 5]), "cpu")
+    rows = scoring.Rows(torch.tensor([3, 4, 5]), "cpu")
     x = torch.arange(10) * 10
     assert rows.contiguous and rows.take(x).tolist() == [30, 40, 50]
-    gappy = patch._Rows(torch.tensor([2, 4, 5]), "cpu")
+    gappy = scoring.Rows(torch.tensor([2, 4, 5]), "cpu")
     assert not gappy.contiguous and gappy.take(x).tolist() == [20, 40, 50]
-    ramp = patch._Once(lambda: torch.arange(12))
+    ramp = scoring.Once(lambda: torch.arange(12))
     picks = [torch.tensor([2, 0]), torch.tensor([1])]
-    runs = [patch._Rows(torch.tensor([2, 3, 4]), "cpu"), patch._Rows(torch.tensor([7, 8]), "cpu")]
-    vis = patch._Rows(torch.tensor([2, 3, 4, 7, 8]), "cpu")
+    runs = [scoring.Rows(torch.tensor([2, 3, 4]), "cpu"), scoring.Rows(torch.tensor([7, 8]), "cpu")]
+    vis = scoring.Rows(torch.tensor([2, 3, 4, 7, 8]), "cpu")
     want = [0, 1, 2, 4, 5, 6, 8, 9, 10, 11]
-    assert patch._kept_positions(list(zip(runs, picks)), vis, 12, ramp).tolist() == want
-    spread = [patch._Rows(torch.tensor([2, 4, 5]), "cpu"), patch._Rows(torch.tensor([7, 9]), "cpu")]
-    vis = patch._Rows(torch.tensor([2, 4, 5, 7, 9]), "cpu")               # picks: 5, 2 and 9
-    assert patch._kept_positions(list(zip(spread, picks)), vis, 12, ramp).tolist() == [0, 1, 2, 3, 5, 6, 8, 9, 10, 11]
+    assert scoring._kept_positions(list(zip(runs, picks)), vis, 12, ramp).tolist() == want
+    spread = [scoring.Rows(torch.tensor([2, 4, 5]), "cpu"), scoring.Rows(torch.tensor([7, 9]), "cpu")]
+    vis = scoring.Rows(torch.tensor([2, 4, 5, 7, 9]), "cpu")               # picks: 5, 2 and 9
+    assert scoring._kept_positions(list(zip(spread, picks)), vis, 12, ramp).tolist() == [0, 1, 2, 3, 5, 6, 8, 9, 10, 11]
 
 
 def test_rotated_is_the_models_rope_of_one_operand():
     from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
     k, cos, sin = torch.randn(2, 5, 8), torch.randn(5, 8), torch.randn(5, 8)
     want = apply_rotary_pos_emb(k[None], k[None], cos[None], sin[None])[1][0]
-    assert torch.equal(patch._rotated(apply_rotary_pos_emb, k, cos, sin), want)
+    assert torch.equal(scoring._rotated(apply_rotary_pos_emb, k, cos, sin), want)
+
+
+def test_keep_all_scores_nothing_until_a_selection_is_asked_for(tiny, counted):
+    """keep_ratio 1.0 cuts nothing: the prefill does no device work for iwp; last_selection scores later,
+    with the same result as scoring during the prefill would give."""
+    model, proc = tiny("llava_onevision")
+    inputs = video_batch(model, proc, frames=6)
+    iwp.apply(model, keep_ratio=1.0)
+    greedy(model, inputs, 3)
+    assert counted.kernels == []
+    sel = iwp.last_selection(model)[0]
+    assert sel.n_kept == sel.n_visual and len(sel.groups[0].kept) == sel.groups[0].budget

@@ -1,4 +1,4 @@
-"""The CUDA kernels of PC-MMR (iwp/_pool_kernel.py): same picks as the PyTorch path.
+"""The CUDA kernels of PC-MMR (iwp/kernels/pc_mmr.py): same picks and steps as the PyTorch path.
 
 On CPU they run in Triton's interpreter and are compiled for an H100 (sm_90) without running, which
 catches what the interpreter lets through; on a GPU machine they also run for real, graphs included.
@@ -52,30 +52,50 @@ def check_token_tables(k, v):
 
 
 def both_paths(q, k, v, budget, first_chunk, growth):
+    """The PyTorch path's run and the kernels' three runs (eager, then graphs), each as (picks, steps)."""
     m = information_magnitude(q, k, v)
     factors, rel = DualFactors(k, v), mmr._relevance(m, 0.5)
-    chunks = mmr.growing_chunks(budget, first_chunk, growth)
+    chunks = mmr.step_caps(budget, first_chunk, growth)
     reference = mmr._pc_mmr_torch(rel, factors, budget, 0.5, chunks)
-    fused = [_pool_kernel.pc_mmr(rel, k, v, budget, 0.5, chunks) for _ in range(3)]   # eager, then graphs
-    return reference, fused
+    fused = [_pool_kernel.pc_mmr(rel, k, v, budget, 0.5, chunks) for _ in range(3)]
+    return ((reference[0], reference[1].tolist()),
+            [(picks, mmr.Steps(counts, budget).tolist()) for picks, counts in fused])
+
+
+def check_steps(steps, budget, first_chunk, growth, reference=None, fixed=None):
+    """Steps sum to the budget, the first takes one pick, none exceeds its cap; with a reference (the
+    PyTorch path's steps): the same steps as far as the kernels' fixed steps go (fixed of them), then
+    _finish's, one pick each."""
+    caps = mmr.step_caps(budget, first_chunk, growth)
+    assert sum(steps) == budget and steps[0] == 1, steps
+    assert all(s <= caps[min(i, len(caps) - 1)] for i, s in enumerate(steps)), (steps, caps)
+    if reference is not None:
+        assert steps[:fixed] == reference[:fixed], (steps, reference)
+        assert all(s == 1 for s in steps[fixed:]), steps
 
 
 INTERPRETED = textwrap.dedent("""
     import torch
     from iwp.kernels import pc_mmr as _pool_kernel
-    from tests.test_pool_kernel import CASES, both_paths, check_token_tables, inputs, same_picks
+    from iwp.mmr import step_caps
+    from tests.test_pool_kernel import CASES, both_paths, check_steps, check_token_tables, inputs, same_picks
     _pool_kernel.USE_GRAPHS = False
     _pool_kernel.SORT_CHUNK = _pool_kernel.TOP = 64   # the interpreter's tl.sort is slow; real sizes: compile test
     _pool_kernel.TUNING = dict(_pool_kernel.TUNING, extra_steps=3)   # fewer idle steps to interpret
     for n, budget, first, growth, dup in CASES:
         q, k, v = inputs(n, dup, dtype=torch.float32)   # the interpreter's bf16 tl.dot is wrong (Triton 3.6)
         check_token_tables(k, v)
-        reference, fused = both_paths(q, k, v, budget, first, growth)
-        assert same_picks(fused[0], reference, n, dup), (n, budget, first, growth, fused[0].tolist(), reference.tolist())
+        (reference, ref_steps), fused = both_paths(q, k, v, budget, first, growth)
+        assert same_picks(fused[0][0], reference, n, dup), (n, budget, first, growth, fused[0][0].tolist(), reference.tolist())
+        fixed = len(step_caps(budget, first, growth)) + _pool_kernel.TUNING["extra_steps"]
+        check_steps(fused[0][1], budget, first, growth, ref_steps, fixed)
     _pool_kernel.TUNING = dict(_pool_kernel.TUNING, extra_steps=0)   # the steps stop short: _finish completes
     for n, budget, first, growth, dup in CASES[:2]:
-        reference, fused = both_paths(*inputs(n, dup, dtype=torch.float32), budget, first, growth)
-        assert same_picks(fused[0], reference, n, dup), ("finish", n, fused[0].tolist(), reference.tolist())
+        (reference, ref_steps), fused = both_paths(*inputs(n, dup, dtype=torch.float32), budget, first, growth)
+        assert same_picks(fused[0][0], reference, n, dup), ("finish", n, fused[0][0].tolist(), reference.tolist())
+        fixed = len(step_caps(budget, first, growth)) + _pool_kernel.TUNING["extra_steps"]
+        assert len(ref_steps) > fixed, "the case must leave picks to _finish"
+        check_steps(fused[0][1], budget, first, growth, ref_steps, fixed)
     print("ok")
 """)
 
@@ -105,7 +125,7 @@ def test_kernels_compile_for_hopper():
         (_pool_kernel._pool_block, dict(tables, order_ptr="*i64", state_ptr="*i32", out_ptr=f, N=i, inv_sqrt_d="fp32",
                                         budget=i, chunk=i, pool_cap=i), shapes),
         (_pool_kernel._pick, dict(pool_ptr=f, top_ptr=f, order_ptr="*i64", rel_ptr=f, red_ptr=f, taken_ptr="*i8",
-                                  picks_ptr="*i64", state_ptr="*i32", N=i, budget=i, chunk=i, pool_cap=i,
+                                  picks_ptr="*i64", state_ptr="*i32", counts_ptr="*i32", N=i, budget=i, chunk=i, pool_cap=i,
                                   penalty="fp32"), {"BLOCK": 256}),
         (_pool_kernel._update, dict(tables, picks_ptr="*i64", state_ptr="*i32", rel_ptr=f, red_ptr=f, taken_ptr="*i8",
                                     score_ptr=f, N=i, inv_sqrt_d="fp32", penalty="fp32"), dict(shapes, BM=64, BN=64)),
@@ -127,17 +147,34 @@ def test_kernels_compile_for_hopper():
 def test_on_the_gpu_graph_replays_pick_exactly_as_greedy(n):
     q, k, v = structured_tokens(n, device="cuda")
     budget = round(0.111 * n)
-    reference, fused = both_paths(q, k, v, budget, 1, 3.0)
+    (reference, _), fused = both_paths(q, k, v, budget, 1, 3.0)
     greedy = mmr.greedy_mmr(information_magnitude(q, k, v), information_duplication(k, v), budget)
-    assert all(torch.equal(f, fused[0]) for f in fused)          # eager, captured and replayed runs agree
-    assert set(fused[0].tolist()) == set(greedy.tolist())
-    assert (fused[0] == reference).float().mean() >= 0.95        # float order of near-ties may differ
+    assert all(torch.equal(f, fused[0][0]) and s == fused[0][1] for f, s in fused)   # eager, captured, replayed
+    assert set(fused[0][0].tolist()) == set(greedy.tolist())
+    assert (fused[0][0] == reference).float().mean() >= 0.95     # float order of near-ties may differ
+    check_steps(fused[0][1], budget, 1, 3.0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("case", CASES)
 def test_on_the_gpu_small_cases_pick_as_the_pytorch_path(case):
     n, budget, first, growth, dup = case
-    reference, fused = both_paths(*inputs(n, dup, device="cuda"), budget, first, growth)
-    assert all(torch.equal(f, fused[0]) for f in fused)
-    assert same_picks(fused[0], reference, n, dup)
+    (reference, ref_steps), fused = both_paths(*inputs(n, dup, device="cuda"), budget, first, growth)
+    assert all(torch.equal(f, fused[0][0]) and s == fused[0][1] for f, s in fused)
+    assert same_picks(fused[0][0], reference, n, dup)
+    # exact twins tie to rounding on the GPU, and a tie at the pool's edge may end a step one pick apart
+    check_steps(fused[0][1], budget, first, growth, None if dup else ref_steps, len(ref_steps))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_the_gpu_recording_steps_adds_no_host_sync():
+    q, k, v = structured_tokens(2880, device="cuda")
+    m = information_magnitude(q, k, v)
+    mmr.pc_mmr_steps(m, k, v, 320, 0.5, 64, 2.0)                 # compiles and captures the graph
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")                      # any host sync now raises
+    try:
+        picks, steps = mmr.pc_mmr_steps(m, k, v, 320, 0.5, 64, 2.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert steps.counts.is_cuda and sum(steps.tolist()) == 320 and steps.tolist()[0] == 1

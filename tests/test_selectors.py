@@ -26,6 +26,17 @@ def test_contract(method, budget):
     assert torch.equal(picks, select(method, inp, budget))          # deterministic
 
 
+def test_iwp_records_its_steps_and_the_peers_record_none():
+    inp = make_input(n=200)
+    picks = select("iwp", inp, 40, first_chunk=4, growth=2.0)
+    steps = inp.steps.tolist()
+    assert sum(steps) == 40 and steps[0] == 1 and steps[1] <= 4
+    assert len(steps) < 40                                          # several picks share a step
+    select("fastv", inp, 40)                                        # the same input reused: no stale steps
+    assert inp.steps is None
+    assert select("iwp", inp, 0).numel() == 0 and inp.steps.tolist() == []
+
+
 def test_unknown_method_names_the_choices():
     with pytest.raises(ValueError, match="iwp"):
         select("nope", make_input(), 3)

@@ -74,6 +74,23 @@ def qwen_vision_flops(vision_cfg, grid_thw: list[tuple[int, int, int]]) -> int:
     return total
 
 
+def qwen3_vision_flops(vision_cfg, grid_thw: list[tuple[int, int, int]]) -> int:
+    """Qwen3-VL ViT (full attention within each temporal slice, plain 2-matmul MLP) + the patch merger and
+    one DeepStack merger per DeepStack layer, over images/videos given by (t, h, w) patch grids."""
+    h, inter, p = vision_cfg.hidden_size, vision_cfg.intermediate_size, vision_cfg.patch_size
+    merge, tp, out = vision_cfg.spatial_merge_size, vision_cfg.temporal_patch_size, vision_cfg.out_hidden_size
+    mergers = 1 + len(vision_cfg.deepstack_visual_indexes)
+    total = 0
+    for t, gh, gw in grid_thw:
+        n = t * gh * gw
+        total += 2 * n * 3 * tp * p * p * h                                       # conv3d patch embedding
+        layer = 2 * n * 4 * h * h + 2 * n * 2 * h * inter + 4 * h * t * (gh * gw) ** 2
+        total += vision_cfg.depth * layer
+        m, hm = n // (merge * merge), h * merge * merge
+        total += mergers * (2 * m * hm * hm + 2 * m * hm * out)
+    return total
+
+
 def ideal_speedups(vision: int, dec_full: int, dec_pruned: int) -> dict[str, float]:
     """FLOP ratios unpruned / pruned: decoder prefill alone, and time to first token (vision included)."""
     return {"decoder": dec_full / dec_pruned, "ttft": (vision + dec_full) / (vision + dec_pruned)}
@@ -83,5 +100,5 @@ def tflops(x: int) -> float:
     return round(x / 1e12, 4)
 
 
-__all__ = ["decoder_layer_flops", "decoder_prefill_flops", "siglip_flops", "qwen_vision_flops",
+__all__ = ["decoder_layer_flops", "decoder_prefill_flops", "siglip_flops", "qwen_vision_flops", "qwen3_vision_flops",
            "ideal_speedups", "tflops"]

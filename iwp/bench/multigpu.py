@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..evaluate.distributed import MULTICAST_OFF
 from . import configs as realsize
 from .real_size import Probe, build_prompt, configure, timed_generate
 
 SHAPES = {"qwen2.5-vl-72b": realsize.qwen72b_config, "qwen2.5-vl-7b": realsize.qwen_config}
-MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 STD = 0.02                    # the published configs' initializer_range
 GPU_RESERVE = 0.1             # share of each GPU's free memory kept out of the map, for activations and the cache
 

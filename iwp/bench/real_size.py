@@ -5,14 +5,20 @@ Inputs are tensors of the shapes the real processors produce (pixel values and t
 visual-token counts follow the processors' rules (OneVision images: counted by the model's own encoder).
 Every configuration (unpruned, and each method x keep ratio through the same iwp.apply hook) runs once
 per round, in a shuffled order, all in one process; medians are taken after the warm-up rounds.
-OneVision video runs both arms with the channels-last pooling (iwp.models.llava_onevision.fast_pooling)
-once it is found bitwise equal to transformers' own on the prompt, on the device; --stock-pooling keeps
-transformers' own. The JSON's "pooling" says which ran. OneVision's vision tower keeps only the layer
-the model reads in both arms (lean_hidden_states: transformers 5.17 kept all of them; same values);
---stock-vision keeps transformers' behaviour. The JSON's "vision_hidden_states" says which ran.
+The arms: "none" is the unpatched model (iwp.remove restores it exactly), --keep-one adds IWP at keep
+ratio 1.0 (the hook's cost when nothing is dropped), then each method x keep ratio below 1.
+Both arms run the exact vision speed-ups of iwp.accelerate_vision (Qwen2.5-VL: one attention call per
+window length; OneVision: channels-last video pooling, a vision tower that keeps only the layer it
+reads), once their vision features are found bitwise equal to transformers' own on the prompt, on the
+device; --stock-vision keeps transformers' vision side, --stock-pooling only its OneVision pooling. The
+JSON's "vision_speed" says what ran, with the check and both vision times; "pooling" and
+"vision_hidden_states" (OneVision) are as before.
+Each row's "median" holds a breakdown per phase: before the vision encoder, vision, decoder layers before
+K, the cut at K, layers from K (and the LM head), decode (ms per token and in all).
 
     python -m iwp.bench models --model-shape llava-onevision-7b --input video32 --json out.json
     python -m iwp.bench models --report assets/benchmarks/models-*.json --plot speed.png
+    python -m iwp.bench models --model-shape qwen2.5-vl-3b --input image,video32 --keep-one --ratios 1.0,0.222,0.111
     python -m iwp.bench models --small --repeats 1 --warmup 0    (CPU dry run: tiny widths, real token counts)
 """
 from __future__ import annotations
@@ -34,24 +40,28 @@ from . import flops
 
 RATIOS = (1.0, 0.333, 0.222, 0.111)
 METHODS = ("iwp", "fastv", "divprune", "random")
+PHASES = ("pre_vision_ms", "layers_after_k_ms", "decode_ms", "decode_ms_per_token")   # medians added by issue 17
 TARGETS = {"decoder_speedup": 4.5, "ttft_speedup": 2.2, "selection_share": 0.02}   # issue 7, at 11.1% kept
 N_TEXT = (14, 49)          # text tokens before / after the visual tokens (63 in all, as in the reference)
 DEFAULT_INPUTS = {         # input kind -> geometry, per model family
     "llava_onevision": {"image": {"size": (1080, 1920)}, "video32": {"frames": 32}},
     "qwen2_5_vl": {"image": {"size": (720, 1280)}, "video32": {"frames": 32, "size": (720, 1280), "fps": 2.0}},
+    "qwen3_vl": {"image": {"size": (720, 1280)}, "video32": {"frames": 32, "size": (720, 1280), "fps": 2.0}},
 }
 
 
 # --------------------------------------------------------------------------------------------- shapes
 
-SHAPES = ("llava-onevision-7b", "qwen2.5-vl-7b")
+SHAPES = ("llava-onevision-7b", "qwen2.5-vl-7b", "llava-onevision-0.5b", "qwen2.5-vl-3b", "qwen3-vl-8b")
 
 
 def real_config(shape: str, small: bool = False):
     """The published architecture of a real-size model as a config (the builders of iwp.bench.configs); small:
     the same shapes at tiny widths."""
     from . import configs as realsize
-    builders = {"llava-onevision-7b": realsize.onevision_config, "qwen2.5-vl-7b": realsize.qwen_config}
+    builders = {"llava-onevision-7b": realsize.onevision_config, "qwen2.5-vl-7b": realsize.qwen_config,
+                "llava-onevision-0.5b": realsize.onevision_05b_config, "qwen2.5-vl-3b": realsize.qwen3b_config,
+                "qwen3-vl-8b": realsize.qwen3_config}
     return builders[shape](small=small)
 
 
@@ -64,9 +74,10 @@ def family(model) -> str:
 
 def build_model(config, device: str, dtype: torch.dtype = torch.bfloat16):
     """Random weights made directly on the device, sdpa attention."""
-    from transformers import LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
-    cls = {"llava_onevision": LlavaOnevisionForConditionalGeneration,
-           "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}[config.model_type]
+    from transformers import (LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration,
+                              Qwen3VLForConditionalGeneration)
+    cls = {"llava_onevision": LlavaOnevisionForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+           "qwen3_vl": Qwen3VLForConditionalGeneration}[config.model_type]
     torch.manual_seed(0)
     with torch.device(device):
         model = cls._from_config(config, dtype=dtype, attn_implementation="sdpa")
@@ -115,7 +126,7 @@ def build_prompt(model, kind: str, geometry: dict | None = None, seed: int = 0) 
     fam = family(model)
     geo = dict(DEFAULT_INPUTS[fam][kind] if kind in DEFAULT_INPUTS[fam] else {})
     geo.update(geometry or {})
-    builder = _ov_prompt if fam == "llava_onevision" else _qwen_prompt
+    builder = {"llava_onevision": _ov_prompt, "qwen2_5_vl": _qwen_prompt, "qwen3_vl": _qwen3_prompt}[fam]
     return builder(model, kind, geo, seed)
 
 
@@ -190,6 +201,48 @@ def _qwen_prompt(model, kind: str, geo: dict, seed: int) -> Prompt:
                       second_per_grid_ts=torch.tensor([tp / geo["fps"]], device=dev))
         geometry = {"frames": geo["frames"], "frame_size": [h, w], "resized": [rh, rw], "grid_thw": list(grid)}
     return Prompt(kind, kwargs, ids.shape[1], n_vis, flops.qwen_vision_flops(vc, [grid]), geometry)
+
+
+N_TIMESTAMP = 6            # text tokens of one Qwen3-VL timestamp, e.g. "<1.0 seconds>"
+
+
+def _qwen3_prompt(model, kind: str, geo: dict, seed: int) -> Prompt:
+    """Qwen3-VL: Qwen3VLProcessor's published defaults (image: 65536-16777216 pixels; video: 4096-25165824
+    pixels over all frames), factor 32; a video is one `<timestamp> <vision_start> tokens <vision_end>` run
+    per temporal patch, which is what its M-RoPE ids (one frame each) are computed from."""
+    cfg, dev, dt = model.config, model.device, model.dtype
+    vc = cfg.vision_config
+    p, merge, tp = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
+    h, w = geo["size"]
+    factor = p * merge
+    if kind == "image":
+        rh, rw = smart_resize(h, w, factor=factor, min_pixels=65536, max_pixels=16777216)
+        t = 1
+    else:                                   # Qwen3VLVideoProcessor.smart_resize bounds all frames' pixels
+        frames = geo["frames"]
+        rh, rw = smart_resize(h, w, factor=factor, min_pixels=4096 // frames, max_pixels=25165824 // frames)
+        t = math.ceil(frames / tp)
+    grid = (t, rh // p, rw // p)
+    n_patch = grid[0] * grid[1] * grid[2]
+    per_frame = grid[1] * grid[2] // merge ** 2
+    pv = torch.randn(n_patch, 3 * tp * p * p, generator=torch.Generator().manual_seed(seed)).to(dev, dt)
+    token = cfg.image_token_id if kind == "image" else cfg.video_token_id
+    visual = []
+    for f in range(t):
+        stamp = _text_ids(cfg, N_TIMESTAMP, seed + 100 + f).tolist() if kind != "image" else []
+        visual += stamp + [cfg.vision_start_token_id] + [token] * per_frame + [cfg.vision_end_token_id]
+    ids = _ids(cfg, visual, seed).to(dev)
+    mm_types = torch.where(ids == token, 1 if kind == "image" else 2, 0)
+    thw = torch.tensor([grid], device=dev)
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm_types)
+    if kind == "image":
+        kwargs.update(pixel_values=pv, image_grid_thw=thw)
+        geometry = {"image_size": [h, w], "resized": [rh, rw], "grid_thw": list(grid)}
+    else:
+        kwargs.update(pixel_values_videos=pv, video_grid_thw=thw)
+        geometry = {"frames": geo["frames"], "frame_size": [h, w], "resized": [rh, rw], "grid_thw": list(grid),
+                    "timestamp_tokens": N_TIMESTAMP * t}
+    return Prompt(kind, kwargs, ids.shape[1], t * per_frame, flops.qwen3_vision_flops(vc, [grid]), geometry)
 
 
 # --------------------------------------------------------------------------------------------- timing
@@ -318,6 +371,11 @@ def timed_generate(model, prompt: Prompt, probe: Probe, new_tokens: int) -> tupl
         "new_tokens": int(out.shape[1] - prompt.kwargs["input_ids"].shape[1]),
         "decode_tok_s": (len(logits) - 1) / (probe.ms(logits[0], logits[-1]) / 1e3) if len(logits) > 1 else None,
     }
+    if len(logits) > 1:
+        res["decode_ms"] = probe.ms(logits[0], logits[-1])
+        res["decode_ms_per_token"] = res["decode_ms"] / (len(logits) - 1)
+    if "vision" in m:
+        res["pre_vision_ms"] = probe.ms(start, m["vision"][0])
     return res, out
 
 
@@ -328,6 +386,7 @@ def run_once(model, prompt: Prompt, probe: Probe, new_tokens: int) -> dict:
     if "at_k" in m:   # the gap where the hook scores, selects and slices (layer K-1 done -> layer K starts)
         res["layer_k_gap_ms"] = probe.ms(m.get("before_k", m["decoder"])[0], m["at_k"][0])
         res["layers_before_k_ms"] = probe.ms(m["decoder"][0], m.get("before_k", m["decoder"])[0])
+        res["layers_after_k_ms"] = probe.ms(m["at_k"][0], m["logits"][0])     # layers K.. and the LM head
     res.update(probe.peaks_gb())
     return res
 
@@ -339,9 +398,11 @@ def _median(rows: list[dict], key: str) -> float | None:
 
 def bench(model, prompt: Prompt, ratios=RATIOS, methods=METHODS, layer: int = 2, repeats: int = 3,
           warmup: int = 1, new_tokens: int = 16, time_budget: float | None = None, log=print,
-          on_round=None) -> list[dict]:
-    """All configurations, interleaved round by round; returns one summary row per configuration."""
+          on_round=None, keep_one: bool = False) -> list[dict]:
+    """All configurations, interleaved round by round; returns one summary row per configuration: the unpatched
+    model ("none", when 1.0 is among the ratios), IWP at keep ratio 1.0 (keep_one), each method x ratio < 1."""
     confs = [(None, 1.0)] if 1.0 in ratios else []
+    confs += [("iwp", 1.0)] if keep_one else []
     confs += [(m, r) for r in ratios if r < 1.0 for m in methods]
     rows = {c: {"method": c[0] or "none", "keep_ratio": c[1], "samples": [], "kept": [], "selection_s": [],
                 "error": None} for c in confs}
@@ -391,7 +452,7 @@ def summarize(model, prompt: Prompt, rows: list[dict], layer: int) -> list[dict]
         s = row["samples"]
         med = {k: _median(s, k) for k in ("vision_ms", "ttft_ms", "decoder_prefill_ms", "layer_k_gap_ms",
                                           "layers_before_k_ms", "decode_tok_s", "peak_mem_gb", "vision_peak_gb",
-                                          "decoder_peak_gb", "total_ms")}
+                                          "decoder_peak_gb", "total_ms", *PHASES)}
         sel = [x for x in row["selection_s"] if x is not None]
         med["selection_ms"] = statistics.median(sel) * 1e3 if sel else None
         n_kept = int(statistics.median(row["kept"])) if row["kept"] else None
@@ -449,35 +510,88 @@ def _time_ms(model, fn, repeats: int) -> float:
 
 
 def set_pooling(model, prompt: Prompt, stock: bool = False, repeats: int = 5) -> dict | None:
-    """OneVision video: channels-last pooling for both arms when it is bitwise equal to transformers' own
-    on this prompt's features (checked here, on this device), else the stock pooling. Returns what was
-    used, the check and both times; None when the input has no video to pool."""
+    """OneVision video: whether the channels-last pooling (iwp.vision_speed) is bitwise equal to transformers' own
+    on this prompt's features (checked here, on this device), and both times. "fast" says whether both arms may
+    use it (equal and not stock); set_vision_speed applies it. None when the input has no video to pool."""
     if family(model) != "llava_onevision":
         return None
-    from ..models import llava_onevision as ov
-    ov.stock_pooling(model)
+    from .. import vision_speed
+    vision_speed.stock_vision(model)
     if prompt.kwargs.get("pixel_values_videos") is None:
         return None
     feats = _pooling_input(model, prompt.kwargs["pixel_values_videos"])
-    run_stock = lambda: type(model.model).apply_pooling(model.model, feats)        # noqa: E731
-    run_fast = lambda: ov.apply_pooling_channels_last(model.model, feats)           # noqa: E731
+    run_stock = lambda: type(model.model).apply_pooling(model.model, feats)                  # noqa: E731
+    run_fast = lambda: vision_speed.apply_pooling_channels_last(model.model, feats)           # noqa: E731
     with torch.no_grad():
         equal = bool(torch.equal(run_stock(), run_fast()))
-    fast = equal and not stock
-    if fast:
-        ov.fast_pooling(model)
-    return {"fast": fast, "bitwise_equal": equal, "stock_ms": _time_ms(model, run_stock, repeats),
+    return {"fast": equal and not stock, "bitwise_equal": equal, "stock_ms": _time_ms(model, run_stock, repeats),
             "fast_ms": _time_ms(model, run_fast, repeats)}
 
 
-def set_vision_hidden_states(model, stock: bool = False) -> str | None:
-    """OneVision: the vision tower keeps only the layer the model reads, in both arms, unless stock.
-    Returns what ran ("selected layer" / "transformers' own"); None for other families."""
+def _vision_features(model, prompt: Prompt):
+    """The call that turns this prompt's pixels into the visual tokens the decoder receives (vision encoder,
+    projector or merger, OneVision's pooling and newlines): a function of no arguments."""
+    kw, base = prompt.kwargs, model.model
+    if kw.get("pixel_values_videos") is not None:
+        args = (kw["pixel_values_videos"],) + ((kw["video_grid_thw"],) if "video_grid_thw" in kw else ())
+        return lambda: base.get_video_features(*args)
+    if "image_grid_thw" in kw:
+        return lambda: base.get_image_features(kw["pixel_values"], kw["image_grid_thw"])
+    return lambda: base.get_image_features(pixel_values=kw["pixel_values"], image_sizes=kw["image_sizes"])
+
+
+def set_vision_speed(model, prompt: Prompt, stock: bool = False, pooling: dict | None = None,
+                     repeats: int = 3) -> dict:
+    """iwp.accelerate_vision for both arms, unless stock, kept only when the visual tokens it gives on this
+    prompt are bitwise equal to transformers' own (checked here, on this device). OneVision's pooling part
+    is left out unless `pooling` (set_pooling's check) allows it. Returns what ran, the check and the median
+    vision times (stock / accelerated, the whole features call)."""
+    from .. import vision_speed
+    vision_speed.stock_vision(model)
+    res = {"accelerate_vision": False, "applied": [], "skipped": {}, "bitwise_equal": None,
+           "stock_ms": None, "fast_ms": None}
+    if stock:
+        res["skipped"] = {part: "--stock-vision" for part in vision_speed.vision_parts(model)}
+        return res
+    skip = ["channels_last_pooling"] if pooling is not None and not pooling["fast"] else []
+    report = vision_speed.accelerate_vision(model, skip=skip)
+    vision_speed.stock_vision(model)
+    res["skipped"] = report["skipped"]
+    if not report["applied"]:
+        return res
+    run = _vision_features(model, prompt)
+    with torch.no_grad():
+        ref = _pooled(run())
+        stock_ms = _time_ms(model, run, repeats)
+        vision_speed.accelerate_vision(model, skip=skip)
+        fast = _pooled(run())
+        fast_ms = _time_ms(model, run, repeats)
+    res.update(bitwise_equal=bool(torch.equal(ref, fast)), stock_ms=stock_ms, fast_ms=fast_ms)
+    if res["bitwise_equal"]:
+        res.update(accelerate_vision=True, applied=report["applied"])
+    else:
+        vision_speed.stock_vision(model)
+        res["skipped"].update({p: "not bitwise equal to stock on this input" for p in report["applied"]})
+    return res
+
+
+def set_vision_hidden_states(model, vision: dict) -> str | None:
+    """OneVision: what its vision tower kept in both arms ("selected layer" / "transformers' own"), from
+    set_vision_speed's result; None for other families."""
     if family(model) != "llava_onevision":
         return None
-    from ..models import llava_onevision as ov
-    ov.all_hidden_states(model)
-    return "selected layer" if not stock and ov.lean_hidden_states(model) else "transformers' own"
+    return "selected layer" if "lean_hidden_states" in vision["applied"] else "transformers' own"
+
+
+def vision_note(vision: dict | None) -> str:
+    """The table header's words on the vision speed-ups both arms ran ("" when none were offered)."""
+    if not vision or not (vision["applied"] or vision["skipped"]):
+        return ""
+    times = (f" (vision features stock {vision['stock_ms']:.1f} ms, accelerated {vision['fast_ms']:.1f} ms)"
+             if vision.get("stock_ms") is not None else "")
+    if vision["accelerate_vision"]:
+        return f"; iwp.accelerate_vision: {', '.join(vision['applied'])}, bitwise equal to stock on this input{times}"
+    return f"; vision: transformers' own ({'; '.join(sorted(set(vision['skipped'].values())))}){times}"
 
 
 def pooling_note(pooling: dict | None) -> str:
@@ -487,7 +601,7 @@ def pooling_note(pooling: dict | None) -> str:
     times = f"stock {pooling['stock_ms']:.2f} ms, channels-last {pooling['fast_ms']:.2f} ms"
     if pooling["fast"]:
         return f"; video pooling: channels-last, bitwise equal to stock on this input ({times})"
-    why = "--stock-pooling" if pooling["bitwise_equal"] else "channels-last is not bitwise equal on this input"
+    why = "turned off" if pooling["bitwise_equal"] else "channels-last is not bitwise equal on this input"
     return f"; video pooling: stock ({why}; {times})"
 
 
@@ -531,7 +645,7 @@ def markdown(results: list[dict]) -> str:
                      f"{res['transformers']}; medians of {n} interleaved rounds after {res['warmup']} warm-up"
                      f"{pooling_note(res.get('pooling'))}"
                      + (f"; vision tower hidden states kept: {res['vision_hidden_states']}"
-                        if res.get("vision_hidden_states") else "") + ")\n")
+                        if res.get("vision_hidden_states") else "") + vision_note(res.get("vision_speed")) + ")\n")
         parts.append("| method | kept | tokens | vision ms | TTFT ms | decoder ms | cut at K ms | selection ms (hook) "
                      "| decode tok/s | peak GB | vision peak GB | decoder peak GB | decoder x (ideal) "
                      "| TTFT x (ideal) |")
@@ -550,6 +664,7 @@ def markdown(results: list[dict]) -> str:
                 f"{_f(m.get('vision_peak_gb'), '{:.2f}')} | {_f(m.get('decoder_peak_gb'), '{:.2f}')} | "
                 f"{_f(sp.get('decoder'), '{:.2f}')} ({_f(ide.get('decoder'), '{:.2f}')}) | "
                 f"{_f(sp.get('ttft'), '{:.2f}')} ({_f(ide.get('ttft'), '{:.2f}')}) |")
+        parts.append(phase_table(res))
         t = res.get("targets")
         if t:
             ok = lambda v: "met" if v[1] else ("n/a" if v[1] is None else "MISSED")   # noqa: E731
@@ -565,6 +680,22 @@ def markdown(results: list[dict]) -> str:
                             f"{ok(t['decoder_peak_gb'])})" if "decoder_peak_gb" in t else "") + ".")
         parts.append("")
     return "\n".join(parts)
+
+
+def phase_table(res: dict) -> str:
+    """Where each arm's time goes (medians, ms): "" for results written before the breakdown existed."""
+    runs = [r for r in res["runs"] if r["repeats"] and not r["error"] and "decode_ms_per_token" in r["median"]]
+    if not runs:
+        return ""
+    lines = ["\n| method | kept | before vision | vision | layers < K | cut at K | layers >= K + head | TTFT "
+             "| decode ms/token | decode ms (all) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        m = r["median"]
+        lines.append(f"| {r['method']} | {r['keep_ratio']:.1%} | {_f(m.get('pre_vision_ms'))} | {_f(m['vision_ms'])} | "
+                     f"{_f(m.get('layers_before_k_ms'))} | {_f(m.get('layer_k_gap_ms'), '{:.2f}')} | "
+                     f"{_f(m.get('layers_after_k_ms'))} | {_f(m['ttft_ms'])} | "
+                     f"{_f(m.get('decode_ms_per_token'), '{:.2f}')} | {_f(m.get('decode_ms'))} |")
+    return "\n".join(lines)
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -650,10 +781,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=None, help="seconds per input before rounds stop")
     p.add_argument("--json", default=None, help="output path; {input} and {gpu} are filled in")
     p.add_argument("--profile", action="store_true", help="also profile one IWP prefill at the smallest ratio")
+    p.add_argument("--keep-one", action="store_true", help="add an IWP arm at keep ratio 1.0 (nothing dropped)")
     p.add_argument("--stock-pooling", action="store_true",
                    help="OneVision video: keep transformers' pooling (default: channels-last, if bitwise equal)")
     p.add_argument("--stock-vision", action="store_true",
-                   help="OneVision: let the vision tower keep every layer's hidden states, as transformers 5.17 does")
+                   help="keep transformers' vision side in both arms (default: iwp.accelerate_vision, if bitwise equal)")
     p.add_argument("--small", action="store_true", help="tiny widths of the same shapes (a CPU dry run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--report", nargs="*", default=None, help="JSON files: print their tables, make no runs")
@@ -672,10 +804,8 @@ def run_shape(args: argparse.Namespace, model=None) -> list[dict]:
             if res is not None:
                 results.append(res)
     finally:
-        if family(model) == "llava_onevision":           # the instance leaves as it came
-            from ..models.llava_onevision import all_hidden_states, stock_pooling
-            stock_pooling(model)
-            all_hidden_states(model)
+        from ..vision_speed import stock_vision
+        stock_vision(model)                              # the instance leaves as it came
     return results
 
 
@@ -686,13 +816,16 @@ def run_input(args: argparse.Namespace, model, kind: str) -> dict | None:
     except Exception as e:                               # one input failing leaves the others to run
         print(f"{args.model_shape} {kind}: input not built: {type(e).__name__}: {e}", flush=True)
         return None
-    pooling = set_pooling(model, prompt, stock=args.stock_pooling)
-    hidden = set_vision_hidden_states(model, stock=args.stock_vision)
+    pooling = set_pooling(model, prompt, stock=args.stock_pooling or args.stock_vision)
+    vision = set_vision_speed(model, prompt, stock=args.stock_vision, pooling=pooling)
+    if pooling is not None:
+        pooling["fast"] = "channels_last_pooling" in vision["applied"]
+    hidden = set_vision_hidden_states(model, vision)
     res = {"benchmark": "models", "model_shape": args.model_shape, "input": kind, **_env(model),
            "layer": args.layer, "repeats": args.repeats, "warmup": args.warmup, "new_tokens": args.new_tokens,
            "inputs": "tensors of the processors' output shapes, random pixel values, random text ids",
            "n_total": prompt.n_total, "n_visual": prompt.n_visual, "geometry": prompt.geometry,
-           "pooling": pooling, "vision_hidden_states": hidden,
+           "pooling": pooling, "vision_hidden_states": hidden, "vision_speed": vision, "keep_one": args.keep_one,
            "weights_gb": torch.cuda.memory_allocated(model.device) / 2**30 if model.device.type == "cuda" else None,
            "command": "python -m iwp.bench models " + " ".join(args.argv)}
     path = args.json.replace("{input}", kind).replace("{gpu}", gpu_tag(model)) if args.json else None
@@ -705,10 +838,11 @@ def run_input(args: argparse.Namespace, model, kind: str) -> dict | None:
             Path(path).write_text(json.dumps(res, indent=1))
 
     print(f"{args.model_shape} {kind}: {prompt.n_visual} visual of {prompt.n_total} tokens"
-          f"{pooling_note(pooling)}", flush=True)
+          f"{pooling_note(pooling)}{vision_note(vision)}", flush=True)
     methods = [m for m in args.methods.split(",") if m]
     runs = bench(model, prompt, _floats(args.ratios), methods, args.layer, args.repeats, args.warmup,
-                 args.new_tokens, args.time_budget, log=lambda s: print(s, flush=True), on_round=save)
+                 args.new_tokens, args.time_budget, log=lambda s: print(s, flush=True), on_round=save,
+                 keep_one=args.keep_one)
     ratio = min(_floats(args.ratios))
     if args.profile and runs and methods and ratio < 1.0:
         try:

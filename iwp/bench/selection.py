@@ -14,8 +14,7 @@ import torch
 
 from ..kernels import pc_mmr as cuda_kernels
 from ..dual_form import information_duplication, information_magnitude
-from .. import mmr
-from ..mmr import greedy_mmr, pc_mmr
+from ..mmr import greedy_mmr, pc_mmr, pc_mmr_steps
 from ..selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM
 
 # (frames, tokens per frame): one LLaVA-1.5 image, a 5-crop anyres image, a 32-frame OneVision video,
@@ -61,25 +60,6 @@ def _timed(fn, device: str, repeats: int, warmup: int) -> tuple[float, object]:
         sync()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times), out
-
-
-def _count_steps(run) -> int:
-    """PC-MMR steps of one run on the PyTorch path: each step runs greedy MMR inside one pool."""
-    calls = 0
-    plain = mmr._pick_in_pool
-
-    def counting(*args):
-        nonlocal calls
-        calls += 1
-        return plain(*args)
-
-    mmr._pick_in_pool, fused = counting, cuda_kernels.AVAILABLE
-    cuda_kernels.AVAILABLE = False
-    try:
-        run()
-    finally:
-        mmr._pick_in_pool, cuda_kernels.AVAILABLE = plain, fused
-    return calls
 
 
 def _first_calls(fn, device: str, calls: int = 2) -> list[float]:
@@ -136,12 +116,16 @@ def bench_selection(sizes, device: str, ratio: float, repeats: int, greedy_repea
         def run_pc():
             return pc_mmr(information_magnitude(q, k, v), k, v, budget, lam, first_chunk, growth)
 
+        def steps_pc() -> list[int]:
+            return pc_mmr_steps(information_magnitude(q, k, v), k, v, budget, lam, first_chunk, growth)[1].tolist()
+
         def run_greedy():
             return greedy_mmr(information_magnitude(q, k, v), information_duplication(k, v), budget, lam)
 
         first_ms = _first_calls(run_pc, device) if fused else None
         pc_ms, pc_picks = _timed(run_pc, device, repeats, warmup)
-        steps = _count_steps(run_pc)
+        step_sizes = steps_pc()                    # picks per step, as the run took them
+        steps = len(step_sizes)
         row = {"n": n, "budget": budget, "pc_mmr_ms": round(pc_ms, 3)}
         if fused:                                   # the same algorithm without graphs, and in plain PyTorch
             cuda_kernels.USE_GRAPHS = False
@@ -152,20 +136,23 @@ def bench_selection(sizes, device: str, ratio: float, repeats: int, greedy_repea
             cuda_kernels.AVAILABLE = False
             try:
                 torch_ms, torch_picks = _timed(run_pc, device, greedy_repeats, 1)
+                torch_steps = steps_pc()
             finally:
                 cuda_kernels.AVAILABLE = True
             row.update(first_calls_ms=first_ms, pc_mmr_no_graphs_ms=round(eager_ms, 3),
                        pc_mmr_pytorch_ms=round(torch_ms, 3),
                        graphs_equal_no_graphs=bool(torch.equal(pc_picks, eager_picks)),
                        fused_picks_equal_pytorch=bool(torch.equal(pc_picks, torch_picks)),
-                       fused_same_order_as_pytorch=round((pc_picks == torch_picks).float().mean().item(), 4))
+                       fused_same_order_as_pytorch=round((pc_picks == torch_picks).float().mean().item(), 4),
+                       fused_steps_equal_pytorch=step_sizes == torch_steps)
         greedy_ms, greedy_picks = _timed(run_greedy, device, greedy_repeats, 1)
         score_ms, _ = _timed(lambda: information_magnitude(q, k, v), device, repeats, warmup)
         shared = len(set(pc_picks.tolist()) & set(greedy_picks.tolist())) / budget
         same_order = (pc_picks == greedy_picks).float().mean().item()
         row.update(greedy_mmr_ms=round(greedy_ms, 3), scoring_only_ms=round(score_ms, 3),
                    speedup=round(greedy_ms / pc_ms, 2), shared_with_greedy=round(shared, 4),
-                   same_order_as_greedy=round(same_order, 4), pc_mmr_steps=steps, fused_kernel=fused)
+                   same_order_as_greedy=round(same_order, 4), pc_mmr_steps=steps,
+                   pc_mmr_step_sizes=step_sizes, fused_kernel=fused)
         rows.append(row)
         if fused and tunings and n in tuning_sizes:
             row["tunings"] = bench_tunings(run_pc, greedy_picks, device, tunings, repeats, warmup)
@@ -203,7 +190,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--first-chunk", type=int, default=DEFAULT_FIRST_CHUNK)
     p.add_argument("--growth", type=float, default=DEFAULT_GROWTH)
     p.add_argument("--tune", nargs="*", default=[], help="launch shapes to compare at N=6272, e.g. bk=32 "
-                   "bk=128,pick_warps=4 (keys of iwp.cuda_kernels.TUNING)")
+                   "bk=128,pick_warps=4 (keys of iwp.kernels.pc_mmr.TUNING)")
     p.add_argument("--json", type=Path, help="where to write results (default assets/benchmarks/selection-<gpu>.json)")
     a = p.parse_args(argv)
     rows = bench_selection(a.sizes, a.device, a.ratio, a.repeats, a.greedy_repeats, a.warmup, a.lam,
@@ -212,7 +199,7 @@ def main(argv: list[str]) -> int:
         "benchmark": "selection", "device": torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else platform.processor() or "cpu",
         "torch": torch.__version__, "dtype": "bfloat16", "q_heads": 28, "kv_heads": 4, "head_dim": 128, "text_queries": 32,
         "keep_ratio": a.ratio, "lam": a.lam, "first_chunk": a.first_chunk, "growth": a.growth,
-        "kernels": "Triton, CUDA graphs; key dot products tf32x3, value dot products bf16 (iwp/cuda_kernels.py)",
+        "kernels": "Triton, CUDA graphs; key dot products tf32x3, value dot products bf16 (iwp/kernels/pc_mmr.py)",
         "tuning": cuda_kernels.TUNING,
         "command": "python -m iwp.bench selection " + " ".join(argv),
         "inputs": "structured_tokens(): video-like frames with flat regions, objects and a shared key offset",

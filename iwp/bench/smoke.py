@@ -134,7 +134,7 @@ def main() -> None:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     report = {"device": torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "transformers": transformers.__version__, "dtype": "bfloat16",
-              "attn_implementation": "sdpa", "layer": iwp.patch.DEFAULT_LAYER, "new_tokens": NEW_TOKENS,
+              "attn_implementation": "sdpa", "layer": iwp.DEFAULT_LAYER, "new_tokens": NEW_TOKENS,
               "weights": "random (config-built, no download)", "models": {}}
     gen = torch.Generator().manual_seed(0)
     for name, config_fn, checks in cases(args.small):

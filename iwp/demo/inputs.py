@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from .cache import Bounded
 from .video import Clip, VideoError, sample_frames
 
 MAX_QUESTION_CHARS = 1000
@@ -33,17 +34,41 @@ def check_question(question: str | None) -> str:
     return q
 
 
+def _number(field: str, value, lo: float, hi: float, integer: bool = False, low_open: bool = False):
+    """value as a finite number in [lo, hi] (or (lo, hi] when low_open); the message names the field."""
+    span = f"{'(' if low_open else '['}{lo:g}, {hi:g}]"
+    what = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{field} must be {what} in {span}; got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(value):
+        raise InputError(f"{field} must be {what} in {span}; got {value}.")
+    if integer and value != int(value):
+        raise InputError(f"{field} must be an integer in {span}; got {value}.")
+    if not (lo < value <= hi if low_open else lo <= value <= hi):
+        raise InputError(f"{field} must be in {span}; got {value:g}.")
+    return int(value) if integer else float(value)
+
+
 def check_settings(keep_ratio, method: str, methods: list[str]) -> tuple[float, str]:
     """keep_ratio in (0, 1] and a known method name (the API does not go through the slider's bounds)."""
-    try:
-        r = float(keep_ratio)
-    except (TypeError, ValueError):
-        raise InputError(f"keep_ratio must be a number, got {keep_ratio!r}.")
-    if not 0 < r <= 1:
-        raise InputError(f"keep_ratio must be in (0, 1], got {r}.")
-    if method not in methods:
-        raise InputError(f"Unknown method {method!r}; choose one of {', '.join(methods)}.")
+    r = _number("keep_ratio", keep_ratio, 0, 1, low_open=True)
+    if not isinstance(method, str) or method not in methods:
+        raise InputError(f"method: unknown method {method!r}; choose one of {', '.join(methods)}.")
     return r, method
+
+
+def check_advanced(layer, lam, first_chunk, growth, n_layers: int) -> dict:
+    """The advanced settings that were given (None: the default), each checked and named when wrong."""
+    out = {}
+    if layer is not None:
+        out["layer"] = _number("layer", layer, 0, n_layers - 1, integer=True)
+    if lam is not None:
+        out["lam"] = _number("lam", lam, 0, 1)
+    if first_chunk is not None:
+        out["first_chunk"] = _number("first_chunk", first_chunk, 1, 1_000_000, integer=True)
+    if growth is not None:
+        out["growth"] = _number("growth", growth, 1, 64)
+    return out
 
 
 def _check_file(path: str, suffixes: set[str], kind: str) -> Path:
@@ -73,6 +98,7 @@ def load_image(source: str | Image.Image) -> tuple[Image.Image, list[str]]:
     notes: list[str] = []
     if isinstance(source, Image.Image):
         image = source
+        uploaded = image.size
     else:
         p = _check_file(source, IMAGE_SUFFIXES, "image")
         try:
@@ -86,7 +112,7 @@ def load_image(source: str | Image.Image) -> tuple[Image.Image, list[str]]:
                              f"{p.suffix.lstrip('.').upper()} file).")
         if image.format not in IMAGE_FORMATS:
             raise InputError(f"Unsupported image format {image.format}; use PNG, JPEG, WebP, BMP or GIF.")
-        w, h = image.size
+        w, h = uploaded = image.size
         if w * h > MAX_SOURCE_PIXELS:
             raise InputError(f"The image is {w} x {h} = {w * h:,} pixels; the limit is {MAX_SOURCE_PIXELS:,}.")
         if w * h > MAX_PIXELS and image.format == "JPEG":
@@ -100,22 +126,47 @@ def load_image(source: str | Image.Image) -> tuple[Image.Image, list[str]]:
         raise InputError(f"The image is only {w} x {h} pixels.")
     image = image.convert("RGB")
     small = downscale(image)
-    if small.size != image.size:
-        notes.append(f"Image of {w} x {h} pixels downscaled to {small.width} x {small.height}.")
+    if small.size != uploaded:
+        notes.append(f"Uploaded image: {uploaded[0]} x {uploaded[1]} pixels; downscaled to {small.width} x "
+                     f"{small.height} (the {MAX_PIXELS / 1e6:.0f} MP cap) before the model's processor.")
     return small, notes
 
 
+_CLIPS = Bounded(8)                              # sampled videos by file identity: one decode per upload
+
+
 def load_video(path: str, max_frames: int) -> Clip:
-    """Sampled frames of an uploaded video; refuses unsupported formats and videos without a decodable frame."""
+    """Sampled frames of an uploaded video (decoded once per file and kept, see _CLIPS); refuses
+    unsupported formats and videos without a decodable frame."""
     p = _check_file(path, VIDEO_SUFFIXES, "video")
-    try:
-        return sample_frames(str(p), max_frames=max_frames)
-    except VideoError as e:
-        raise InputError(f"Cannot use {p.name}: {e}.")
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, max_frames)
+    clip = _CLIPS.get(key)
+    if clip is None:
+        try:
+            clip = sample_frames(str(p), max_frames=max_frames)
+        except VideoError as e:
+            raise InputError(f"Cannot use {p.name}: {e}.")
+        _CLIPS.put(key, clip)
+    return clip
 
 
-def choose_input(image, video) -> str:
-    """'image' or 'video': exactly one must be given (an image wins when both are, with a note elsewhere)."""
-    if image is None and not video:
+TABS = {"image": "Image", "video": "Video"}
+
+
+def choose_input(image, video, shown: str | None = None) -> str:
+    """'image' or 'video'. shown: the input tab the visitor sees; it decides, and an empty one is refused
+    (never the hidden tab's input). Without a tab (API calls, examples) exactly one input must be given."""
+    given = {"image": image is not None, "video": bool(video)}
+    if shown in given:
+        if not given[shown]:
+            other = "video" if shown == "image" else "image"
+            hint = f" (the {TABS[other]} tab holds {'a video' if other == 'video' else 'an image'}: " \
+                   f"switch to it to use that)" if given[other] else ""
+            raise InputError(f"The {TABS[shown]} tab is shown but holds no {shown}; please upload one{hint}.")
+        return shown
+    if given["image"] and given["video"]:
+        raise InputError("Both an image and a video were given; send only one of them.")
+    if not any(given.values()):
         raise InputError("Please upload an image or a video (or pick an example).")
-    return "image" if image is not None else "video"
+    return "image" if given["image"] else "video"

@@ -31,14 +31,17 @@ class World:
         return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
 
 
+# NVLink multicast off for NCCL, torch symmetric memory and NVSHMEM: multicast can take a shared host's GPUs down
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
 def init() -> World:
     """Join the process group that torchrun / accelerate launch describe in the environment, if any."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
-    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")        # multicast can take a shared host's GPUs down
-    os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-    os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
+    for k, v in MULTICAST_OFF.items():
+        os.environ.setdefault(k, v)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"

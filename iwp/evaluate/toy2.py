@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .. import patch
+from .. import hook
 from ..selectors import SELECTORS
 from ..toy import scenes2 as S
 from ..toy.load import load
@@ -124,13 +124,13 @@ def answers(model, processor, items, idx, follow_up: list[str] | None, settings:
     inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(model.device)
     with hook_selector(fn):
         if settings is None:
-            patch.remove(model)
+            hook.remove(model)
         else:
-            patch.apply(model, method=_HOOK_METHOD, **settings)
+            hook.apply(model, method=_HOOK_METHOD, **settings)
         try:
             out = model.generate(**inputs, max_new_tokens=1, do_sample=False)
         finally:
-            patch.remove(model)
+            hook.remove(model)
     return [t.strip() for t in processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
 
 

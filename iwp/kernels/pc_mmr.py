@@ -20,8 +20,10 @@ The key dot product runs on the tensor cores in tf32x3 (about float32's accuracy
 value dot product in the values' own 16-bit type, whose products float32 holds exactly.
 
 Run state: red [N] (redundancy, -inf while nothing is picked), score [N] (MMR score, -inf once taken),
-taken [N], picks [budget], state = [count, count before this step]. A step ranks the tokens (_top_chunks,
-_top_merge), takes the pool (the top 2c), picks inside it, then updates red and the scores.
+taken [N], picks [budget], state = [count, count before this step, steps so far], counts [steps] (picks
+each step took, 0 once the budget is filled; read only when asked, iwp.mmr.Steps). A step ranks the
+tokens (_top_chunks, _top_merge), takes the pool (the top 2c), picks inside it, then updates red and the
+scores.
 """
 from __future__ import annotations
 
@@ -38,10 +40,8 @@ except ImportError:                                   # CPU machines: the PyTorc
     triton = None
 
 AVAILABLE = triton is not None
-MAX_POOL = 254           # candidates per step at most: larger pools cost more than the steps they save
+from . import MAX_POOL, MAX_TOKENS, SORT_CHUNK   # noqa: E402  (shared with iwp.mmr, which imports no Triton)
 TOP = 256                # the step's best tokens the top kernels keep (the pool and the best outside it)
-SORT_CHUNK = 2048        # tokens each program of _top_chunks sorts
-MAX_TOKENS = 32 * SORT_CHUNK   # _top_merge sorts TOP keys of every chunk in one program
 MAX_RUNS = 4             # input shapes whose buffers and graphs are kept
 USE_GRAPHS = os.environ.get("IWP_CUDA_GRAPHS", "1") != "0"
 # Launch shapes (measured on an H100 with python -m iwp.bench selection --tune ...): the kernels are
@@ -132,10 +132,10 @@ if AVAILABLE:
 
     @triton.jit
     def _step_sizes(state_ptr, n, budget, chunk, pool_cap):
-        """(tokens taken so far, chunk size c, pool size P) of this step, read from the device."""
+        """(tokens taken so far, chunk size c, pool size P) of this step, read from the device. The
+        schedule's first chunk is 1 (iwp.mmr.step_caps): the first pick turns 'no redundancy' into S."""
         count = tl.load(state_ptr)
         c = tl.minimum(chunk, budget - count)
-        c = tl.where(count == 0, tl.minimum(c, 1), c)       # the first pick turns 'no redundancy' into S
         pool = tl.minimum(tl.minimum(2 * c, n - count), pool_cap)
         return count, c, pool
 
@@ -186,12 +186,13 @@ if AVAILABLE:
             tl.store(out_ptr + b[None, :] * pool_cap + a[:, None], s, mask=a_ok[:, None] & b_ok[None, :])
 
     @triton.jit
-    def _pick(pool_ptr, top_ptr, order_ptr, rel_ptr, red_ptr, taken_ptr, picks_ptr, state_ptr,
+    def _pick(pool_ptr, top_ptr, order_ptr, rel_ptr, red_ptr, taken_ptr, picks_ptr, state_ptr, counts_ptr,
               N, budget, chunk, pool_cap, penalty, BLOCK: tl.constexpr):
         """Greedy MMR inside the pool, one program: take the pool's best token while no token outside
         could beat it. Outside tokens only lose score as tokens are taken, so the best of them before
         this step (tau, the score at rank P) bounds them all; the picks are exactly greedy MMR's.
-        top/order: the step's scores and their tokens, best first (ties: lower token first)."""
+        top/order: the step's scores and their tokens, best first (ties: lower token first). Records how
+        many it took in counts[step] (the step index lives in state[2], so launches need no index)."""
         count, c, pool = _step_sizes(state_ptr, N, budget, chunk, pool_cap)
         slot = tl.arange(0, BLOCK)
         inside = slot < pool
@@ -221,6 +222,9 @@ if AVAILABLE:
                 score = tl.where(alive, rel - penalty * red, float("-inf"))
                 taken_now += 1
             go = ok & (taken_now < c)
+        step = tl.load(state_ptr + 2)
+        tl.store(counts_ptr + step, taken_now)
+        tl.store(state_ptr + 2, step + 1)
         tl.store(state_ptr + 1, count)
         tl.store(state_ptr, count + taken_now)
 
@@ -295,7 +299,7 @@ if AVAILABLE:
 class _Run:
     """Device buffers of one input shape, and the CUDA graph that replays a whole run."""
     budget: int
-    chunks: list[int]          # the schedule's largest chunk per step until it stops growing
+    chunks: list[int]          # each step's cap until the caps stop growing (iwp.mmr.step_caps)
     penalty: float
     k: torch.Tensor            # [H, N, dk] keys after RoPE, as the model gave them
     v: torch.Tensor            # [H, N, dv]
@@ -315,7 +319,7 @@ class _Run:
         self.score = torch.empty(n, **f32)                  # MMR scores, -inf once taken
         self.taken = torch.empty(n, dtype=torch.int8, device=dev)
         self.picks = torch.empty(self.budget, dtype=torch.long, device=dev)
-        self.state = torch.empty(2, dtype=torch.int32, device=dev)
+        self.state = torch.empty(3, dtype=torch.int32, device=dev)
         self.pool = torch.empty(self.pool_cap * self.pool_cap, **f32)
         self.sort_chunks = triton.cdiv(n, SORT_CHUNK)
         self.keys = torch.empty(self.sort_chunks * SORT_CHUNK, dtype=torch.long, device=dev)
@@ -327,6 +331,7 @@ class _Run:
         # Steps after the chunk stops growing: about what real inputs need (13 steps in all for 6k tokens
         # at 11%), and _finish completes any run they leave short, so no host check is ever needed.
         self.steps = self.chunks + [self.chunks[-1]] * (min(64, max(8, self.budget // 40)) if extra < 0 else extra)
+        self.counts = torch.empty(len(self.steps), dtype=torch.int32, device=dev)   # every step's _pick writes its own
 
     def load(self, rel: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         for mine, new in ((self.rel, rel), (self.k, k), (self.v, v)):
@@ -364,7 +369,7 @@ class _Run:
         _pool_block[(triton.cdiv(pool, BP), triton.cdiv(pool, BP))](
             *self._tables(), self.order, self.state, self.pool, N, self.inv_sqrt_d, self.budget, chunk, self.pool_cap,
             **self._shapes(), BM=BP, BN=BP, BK=t["bk"])
-        _pick[(1,)](self.pool, self.top, self.order, self.rel, self.red, self.taken, self.picks, self.state,
+        _pick[(1,)](self.pool, self.top, self.order, self.rel, self.red, self.taken, self.picks, self.state, self.counts,
                     N, self.budget, chunk, self.pool_cap, self.penalty, BLOCK=self.block, num_warps=t["pick_warps"])
         _update[(triton.cdiv(N, t["update_rows"]),)](
             *self._tables(), self.picks, self.state, self.rel, self.red, self.taken, self.score, N, self.inv_sqrt_d,
@@ -395,9 +400,10 @@ _RUNS: dict[tuple, _Run] = {}
 
 
 def pc_mmr(relevance: torch.Tensor, k: torch.Tensor, v: torch.Tensor, budget: int, penalty: float,
-           chunks: list[int]) -> torch.Tensor:
-    """Picks in pick order, as iwp.mmr's PyTorch path. k [H, N, dk] (after RoPE) and v [H, N, dv] in the
-    model's dtype; chunks: the schedule's largest chunk per step until it stops growing."""
+           chunks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(picks in pick order, picks each step took) as iwp.mmr's PyTorch path, both left on the GPU. k [H, N,
+    dk] (after RoPE) and v [H, N, dv] in the model's dtype; chunks: iwp.mmr.step_caps. The counts
+    miss what _finish picked (one token a step): iwp.mmr.Steps adds those."""
     key = (relevance.device, budget, tuple(k.shape), k.dtype, tuple(v.shape), v.dtype, penalty, tuple(chunks),
            tuple(TUNING.items()))
     run = _RUNS.pop(key, None)
@@ -418,4 +424,4 @@ def pc_mmr(relevance: torch.Tensor, k: torch.Tensor, v: torch.Tensor, budget: in
                 run.capture()
             except RuntimeError:                          # capture unsupported here: stay eager
                 run.graph = False
-    return run.picks.clone()
+    return run.picks.clone(), run.counts.clone()         # the buffers are the next run's

@@ -79,6 +79,11 @@ class Family:
             g.sort(key=lambda x: int(x.positions[0]))
         return out
 
+    def patch_instance(self, model: nn.Module, current_cut) -> list[tuple[object, str]]:
+        """Family-specific instance patches the cut needs (current_cut() -> the prefill's Cut or None);
+        returns the (object, attribute) pairs that remove() deletes. Most families need none."""
+        return []
+
     def bind(self, model: nn.Module) -> "Family":
         """Cache the model's placeholder ids (they never change for an instance)."""
         self.token_ids_cached = {k: v for k, v in self.token_ids(model.config).items() if v is not None}

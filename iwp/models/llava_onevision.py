@@ -4,12 +4,10 @@ visual tokens the selector may keep or drop; they have no box.
 """
 from __future__ import annotations
 
-import functools
 import math
-import types
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..geometry import Box, anyres_boxes, grid_boxes, square_view_boxes
 from .base import Family, feature_counts
@@ -86,78 +84,11 @@ class LlavaOnevision(Family):
                                           video_size={"height": 28, "width": 28})
 
 
-def fast_pooling(model: nn.Module) -> nn.Module:
-    """Pool this instance's video frames on the channels-last view (same values; on CUDA the stock NCHW copy
-    sends bilinear interpolation to a kernel that parallelises over output pixels only). Never inside
-    iwp.apply: it changes the unpruned model too. Undo with stock_pooling; returns the model."""
-    base = model.model
-    base.apply_pooling = types.MethodType(apply_pooling_channels_last, base)
-    return model
-
-
-def stock_pooling(model: nn.Module) -> nn.Module:
-    """Undo fast_pooling: the class's own apply_pooling shows through again."""
-    vars(model.model).pop("apply_pooling", None)
-    return model
-
-
-def uses_fast_pooling(model: nn.Module) -> bool:
-    return "apply_pooling" in vars(model.model)
-
-
-def lean_hidden_states(model: nn.Module) -> bool:
-    """Have the vision tower keep only the layer the model reads. transformers 5.17's get_image_features /
-    get_video_features ask for every layer's hidden states (output_hidden_states=True) to read one
-    (vision_feature_layer); for a 32-frame video that keeps 26 layers x 23k tokens x 1152 (1.4 GB in bf16)
-    alive through the encoder, the peak of the whole generate(). Its own output capture takes a list of
-    layers instead; later versions ask for the one layer themselves, and then this does nothing. Same
-    values. Applies to negative int vision_feature_layer (OneVision: -1); returns whether it applied. Never
-    inside iwp.apply: it changes the unpruned model too. Undo with all_hidden_states."""
-    tower, layer = model.model.vision_tower, model.config.vision_feature_layer
-    n = tower.config.num_hidden_layers
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < 0:
-        return False
-    if "forward" in vars(tower):
-        return True
-    stock = tower.forward
-
-    @functools.wraps(stock)
-    def forward(*args, **kwargs):
-        if kwargs.get("output_hidden_states") is True:
-            kwargs["output_hidden_states"] = [n + layer]   # layer outputs only: [-1] is still the last
-        return stock(*args, **kwargs)
-
-    tower.forward = forward
-    return True
-
-
-def all_hidden_states(model: nn.Module) -> nn.Module:
-    """Undo lean_hidden_states."""
-    vars(model.model.vision_tower).pop("forward", None)
-    return model
-
-
-def apply_pooling_channels_last(self, image_features: Tensor) -> Tensor:
-    """LlavaOnevisionModel.apply_pooling (transformers 5.17-5.23) without .contiguous() before interpolate."""
-    height = width = self.config.vision_config.image_size // self.config.vision_config.patch_size
-    batch_frames, seq_len, dim = image_features.shape
-    image_features = image_features.view(batch_frames, height, width, -1)
-    image_features = image_features.permute(0, 3, 1, 2)              # a channels-last view, not copied
-
-    height, width = image_features.shape[2:]
-    scaled_shape = [math.ceil(height / 2), math.ceil(width / 2)]
-    image_features = nn.functional.interpolate(image_features, size=scaled_shape, mode="bilinear")
-
-    image_features = image_features.permute(0, 2, 3, 1)
-    image_features = image_features.view(batch_frames, -1, dim)
-    return image_features
-
-
 def onevision_processor(image_processor, tokenizer, num_image_tokens: int, vision_aspect_ratio: str,
                         video_size: dict):
-    """LlavaOnevisionProcessor with a video processor where torchvision exists, else the image-only shim."""
+    """LlavaOnevisionProcessor with a video processor where torchvision exists, else image-only (processors.py)."""
     from transformers import LlavaOnevisionProcessor
-    from transformers.processing_utils import ProcessorMixin
+    from .processors import image_only
     common = dict(num_image_tokens=num_image_tokens, vision_feature_select_strategy="full",
                   vision_aspect_ratio=vision_aspect_ratio)
     try:
@@ -168,19 +99,5 @@ def onevision_processor(image_processor, tokenizer, num_image_tokens: int, visio
                                        chat_template=tokenizer.chat_template, **common)
     except Exception:
         pass
-
-    class ImageOnlyOnevisionProcessor(LlavaOnevisionProcessor):
-        # No torchvision, no video processor: same behaviour for images (transformers-hooks.md A.3)
-        def __init__(self, image_processor=None, tokenizer=None, num_image_tokens=None,
-                     vision_feature_select_strategy=None, chat_template=None, vision_aspect_ratio="anyres_max_9",
-                     **kwargs):
-            self.num_image_tokens = num_image_tokens
-            self.vision_feature_select_strategy = vision_feature_select_strategy
-            self.image_token, self.video_token = "<image>", "<video>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-            self.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
-            self.vision_aspect_ratio = vision_aspect_ratio
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    return ImageOnlyOnevisionProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                       chat_template=tokenizer.chat_template, **common)
+    return image_only(LlavaOnevisionProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+                                               video_processor=None, chat_template=tokenizer.chat_template, **common)

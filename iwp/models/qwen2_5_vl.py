@@ -83,9 +83,9 @@ class Qwen2_5_VL(Family):
 
 
 def qwen_processor(image_processor, tokenizer, size: dict):
-    """Qwen2_5_VLProcessor with a video processor where torchvision exists, else the image-only shim."""
+    """Qwen2_5_VLProcessor with a video processor where torchvision exists, else image-only (processors.py)."""
     from transformers import Qwen2_5_VLProcessor
-    from transformers.processing_utils import ProcessorMixin
+    from .processors import image_only
     try:
         import torchvision  # noqa: F401
         from transformers import Qwen2VLVideoProcessor
@@ -94,13 +94,5 @@ def qwen_processor(image_processor, tokenizer, size: dict):
                                    chat_template=QWEN_TEMPLATE)
     except Exception:
         pass
-
-    class ImageOnlyQwenProcessor(Qwen2_5_VLProcessor):
-        # No torchvision, no video processor: same behaviour for images (transformers-hooks.md A.3)
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    return ImageOnlyQwenProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
+    return image_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                           chat_template=QWEN_TEMPLATE)

@@ -1,0 +1,342 @@
+"""Exact speed-ups of the vision side, which pruning inside the language model cannot shorten.
+
+    report = iwp.accelerate_vision(model)     # {"applied": [...], "skipped": {part: reason}}
+    iwp.stock_vision(model)                   # exact undo: the class's own forwards show through again
+
+Both patch this model instance only (instance attributes over the class's methods) and never change a value:
+every part computes bit for bit what transformers computes, or it is skipped with its reason. Parts per family
+(FAMILIES, keyed by config.model_type):
+
+- qwen2_5_vl, "batched_vision_attention": transformers' sdpa/eager vision attention loops in Python over the
+  `cu_seqlens` chunks (about a thousand windows per windowed layer for a 32-frame video; one chunk per frame in
+  the full-attention layers), one attention call each. Here the chunks of one length are gathered into one
+  [chunks, heads, length, head_dim] batch and attended in one call, then scattered back: the same kernel on the
+  same numbers per chunk. Flash attention is skipped (it already runs varlen in one call), and so is any
+  (implementation, device) pair not checked (_EXACT: sdpa on CPU and CUDA, eager on CPU).
+- llava_onevision, "channels_last_pooling": the video pooling interpolates the channels-last view instead of an
+  NCHW copy (46 ms -> 0.26 ms for 32 frames on a GPU); "lean_hidden_states": transformers 5.17 keeps every
+  vision layer's hidden states to read one; the tower then keeps only that one (skipped where transformers
+  already asks for one layer).
+- qwen3_vl (not yet): its vision attention has the same per-chunk loop; an entry reusing the batched attention
+  with Qwen3-VL's own fingerprint and block names goes into FAMILIES once it is checked bitwise.
+
+Equality with stock is proven by tests on CPU (tests/test_vision_speed.py, real configs with fewer layers) and
+checked again on the device by the benchmark (`python -m iwp.bench models`) on its own inputs, since
+batching relies on the attention kernel computing each batch entry as it computes a batch of one.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import math
+import textwrap
+import types
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["accelerate_vision", "stock_vision", "vision_parts", "FAMILIES"]
+
+_ATTR = "_iwp_vision"                # on the model: {part: undo}, present while any part is applied
+
+
+# ============================================================================================================
+# transformers internals relied on (checked on transformers 5.17.0 and 5.24.0 with torch 2.13 on CPU; the GPU
+# check, torch 2.11 on an H200, is python -m iwp.bench vision / scripts/gpu_vision.sh)
+#
+# Qwen2.5-VL (transformers.models.qwen2_5_vl.modeling_qwen2_5_vl):
+#   - model.model.visual.blocks[i].attn is a Qwen2_5_VLVisionAttention with .qkv, .proj, .num_heads,
+#     .scaling, .config (._attn_implementation), .training, .attention_dropout;
+#   - its forward(hidden_states [S, dim], cu_seqlens, position_embeddings=(cos, sin), max_seqlen=None,
+#     **kwargs): qkv -> apply_rotary_pos_emb_vision -> [1, heads, S, d]; non-flash implementations split
+#     at cu_seqlens and call ALL_ATTENTION_FUNCTIONS' interface (or eager_attention_forward) once per chunk,
+#     each returning [1, L, heads, d]; concatenated, reshaped to [S, dim], projected. The vision transformer
+#     hands every windowed block the same cu_window_seqlens tensor, every full block the same cu_seqlens
+#     (one chunk per image / per temporal slice of a video), zero-length windows already removed;
+#   - the stock forward's source is fingerprinted (_QWEN25_ATTENTION_SOURCES): any other source is skipped.
+#
+# LLaVA-OneVision (transformers.models.llava_onevision.modeling_llava_onevision):
+#   - model.model.apply_pooling(image_features [frames, side*side, dim]) (source fingerprinted);
+#   - model.model.vision_tower.forward(..., output_hidden_states=...): 5.17's get_image_features /
+#     get_video_features pass output_hidden_states=True ("Ignore arg on purpose") and read
+#     hidden_states[vision_feature_layer]; the tower's output capture also takes a list of layer indices.
+#     5.18+ (5.24 checked) pass no such flag: lean_hidden_states is skipped there.
+# ============================================================================================================
+
+_QWEN25_ATTENTION_SOURCES = {"ae6fe90b254c7c8e": "5.17.0-5.24.0"}
+_OV_POOLING_SOURCES = {"0e8b89ab0507f28b": "5.17.0-5.24.0"}
+# (attention implementation, device type) where one call on a batch of equal chunks was checked bitwise equal
+# to one call per chunk: CPU by tests/test_vision_speed.py; CUDA sdpa by python -m iwp.bench vision on an H200
+# (flash / memory-efficient kernels compute each batch entry alone; no split-KV at these lengths). Eager on CUDA
+# is left out: cuBLAS may pick another GEMM kernel for a larger batch.
+_EXACT = {("sdpa", "cpu"), ("eager", "cpu"), ("sdpa", "cuda")}
+_VARLEN_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "kernels")
+
+
+def _fingerprint(fn) -> str | None:
+    """A short hash of a function's source (dedented, trailing spaces stripped); None when there is no source."""
+    try:
+        src = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):
+        return None
+    text = "\n".join(line.rstrip() for line in src.splitlines() if line.strip())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _qwen25_modeling():
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
+    return modeling_qwen2_5_vl
+
+
+def _qwen25_attentions(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """(vision transformer, the attention module of each of its blocks)."""
+    visual = model.model.visual
+    return visual, [blk.attn for blk in visual.blocks]
+
+
+def _ov_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, object]:
+    """(LlavaOnevisionModel, its vision tower, the vision_feature_layer it reads)."""
+    return model.model, model.model.vision_tower, model.config.vision_feature_layer
+
+
+def _ov_reads_every_layer(base: nn.Module) -> bool:
+    """Whether get_image_features / get_video_features ask the tower for every layer's hidden states (5.17)."""
+    readers = [getattr(type(base), a, None) for a in ("get_image_features", "get_video_features")]
+    try:
+        return any(f is not None and "output_hidden_states=True" in inspect.getsource(f) for f in readers)
+    except (OSError, TypeError):                      # no source to read: not proven, not applied
+        return False
+
+
+# ============================================================================================================
+
+
+def vision_parts(model: nn.Module) -> list[str]:
+    """The parts accelerate_vision offers for this model's family ([] for families it does not cover)."""
+    return [name for name, _ in FAMILIES.get(_model_type(model), ())]
+
+
+def accelerate_vision(model: nn.Module, skip: tuple[str, ...] | list[str] = ()) -> dict:
+    """Run this instance's vision side faster with identical outputs (see the module docstring).
+
+    Applies every part of the model's family except those in `skip`; a part that cannot be proven exact here
+    (attention implementation, transformers version) is skipped with its reason, never applied approximately.
+    Returns {"applied": [part, ...], "skipped": {part: reason}}. Idempotent; undo with stock_vision(model).
+    Independent of iwp.apply / iwp.remove (either order)."""
+    parts = FAMILIES.get(_model_type(model))
+    if parts is None:
+        return {"applied": [], "skipped": {"*": f"no vision speed-ups for model type {_model_type(model)!r}"}}
+    done = vars(model).setdefault(_ATTR, {})
+    report = {"applied": [], "skipped": {}}
+    for name, part in parts:
+        if name in skip:
+            if name in done:                        # applied by an earlier call: left out now
+                done.pop(name)()
+            report["skipped"][name] = "skipped on request"
+            continue
+        if name in done:
+            report["applied"].append(name)
+            continue
+        try:
+            outcome = part(model)
+        except AttributeError as e:                 # e.g. the base model passed, not ...ForConditionalGeneration
+            outcome = f"module layout not the one checked: {e}"
+        if isinstance(outcome, str):
+            report["skipped"][name] = outcome
+        else:
+            done[name] = outcome
+            report["applied"].append(name)
+    if not done:
+        del vars(model)[_ATTR]
+    return report
+
+
+def stock_vision(model: nn.Module) -> nn.Module:
+    """Undo accelerate_vision exactly: every instance attribute it set is put back as it was (removed, or what
+    another library had set there). Returns the model."""
+    for undo in reversed(list(vars(model).pop(_ATTR, {}).values())):
+        undo()
+    return model
+
+
+def applied_parts(model: nn.Module) -> list[str]:
+    return list(vars(model).get(_ATTR, {}))
+
+
+def _model_type(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+# ------------------------------------------------------------------------------------------------ Qwen2.5-VL
+
+def _qwen25_batched_attention(model: nn.Module):
+    """Patch every vision block's attention of this instance; returns the undo, or the reason it cannot."""
+    visual, attns = _qwen25_attentions(model)
+    impl = visual.config._attn_implementation
+    if impl in _VARLEN_IMPLEMENTATIONS or (impl or "").startswith("flash"):
+        return f"attention {impl!r} already runs all chunks in one varlen call"
+    device = next(visual.parameters()).device.type
+    if (impl, device) not in _EXACT:
+        return (f"attention {impl!r} on {device}: batching not checked bitwise there "
+                f"(checked: {', '.join(f'{i} on {d}' for i, d in sorted(_EXACT))})")
+    if any("forward" in vars(a) for a in attns):   # e.g. accelerate's device hooks: never bypass them
+        return "the vision attention's forward is already replaced on this instance (accelerate hooks?)"
+    cls = type(attns[0])
+    fp = _fingerprint(cls.forward)
+    if fp not in _QWEN25_ATTENTION_SOURCES:
+        import transformers
+        return (f"{cls.__name__}.forward of transformers {transformers.__version__} is not the one checked "
+                f"(transformers {', '.join(_QWEN25_ATTENTION_SOURCES.values())}; fingerprint {fp})")
+    plans = _Plans()
+    for attn in attns:
+        attn.forward = types.MethodType(functools.partial(_batched_attention_forward, plans=plans), attn)
+
+    def undo():
+        for attn in attns:
+            vars(attn).pop("forward", None)
+    return undo
+
+
+class _Plans:
+    """Chunk groups per cu_seqlens tensor, shared by one model's blocks: the vision transformer passes the same
+    tensor object to every windowed (or full) block of a call, so the host reads it once, not per layer. The
+    tensors are held, so an id cannot be reused while cached."""
+
+    def __init__(self, size: int = 4):
+        self.size, self.items = size, []
+
+    def get(self, cu_seqlens: Tensor) -> list:
+        for key, plan in self.items:
+            if key is cu_seqlens:
+                return plan
+        plan = _plan(cu_seqlens)
+        self.items = [(cu_seqlens, plan)] + self.items[: self.size - 1]
+        return plan
+
+
+def _plan(cu_seqlens: Tensor) -> list[tuple[int, int, int | Tensor]]:
+    """[(length, chunks, where)]: one entry per distinct nonzero chunk length; `where` is the start of one
+    contiguous run of equal chunks (an int, no copy needed) or the row indices of all the group's tokens."""
+    bounds = cu_seqlens.tolist()
+    groups: dict[int, list[int]] = {}
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b > a:
+            groups.setdefault(b - a, []).append(a)
+    plan = []
+    for length, starts in groups.items():
+        if all(s == starts[0] + i * length for i, s in enumerate(starts)):
+            plan.append((length, len(starts), starts[0]))
+        else:
+            idx = (torch.tensor(starts)[:, None] + torch.arange(length)).reshape(-1)
+            plan.append((length, len(starts), idx.to(cu_seqlens.device)))
+    return plan
+
+
+def _batched_attention_forward(self, hidden_states: Tensor, cu_seqlens: Tensor,
+                               position_embeddings: tuple[Tensor, Tensor] | None = None,
+                               max_seqlen: int | None = None, *, plans: _Plans, **kwargs) -> Tensor:
+    """Qwen2_5_VLVisionAttention.forward (transformers 5.17-5.24) with one attention call per chunk length."""
+    impl = self.config._attn_implementation
+    if (impl, hidden_states.device.type) not in _EXACT:     # switched or moved after patching: transformers' own
+        return type(self).forward(self, hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+    mod = _qwen25_modeling()
+    seq_length = hidden_states.shape[0]
+    q, k, v = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    q, k = mod.apply_rotary_pos_emb_vision(q, k, cos, sin)          # [S, heads, d] each
+    interface = mod.ALL_ATTENTION_FUNCTIONS.get_interface(impl, mod.eager_attention_forward)
+    out = None
+    for length, n, where in plans.get(cu_seqlens):
+        if isinstance(where, int):                  # a contiguous run: views, as stock's split gives
+            take = lambda x: x[where:where + n * length].view(n, length, *x.shape[1:])   # noqa: E731
+        else:
+            take = lambda x: x.index_select(0, where).view(n, length, *x.shape[1:])      # noqa: E731
+        o = interface(self, take(q).transpose(1, 2), take(k).transpose(1, 2), take(v).transpose(1, 2),
+                      attention_mask=None, scaling=self.scaling,
+                      dropout=0.0 if not self.training else self.attention_dropout, is_causal=False,
+                      **kwargs)[0]                  # [n, length, heads, d]
+        if out is None:
+            out = o.new_empty(seq_length, *o.shape[2:])
+        if isinstance(where, int):
+            out[where:where + n * length] = o.reshape(n * length, *o.shape[2:])
+        else:
+            out.index_copy_(0, where, o.reshape(n * length, *o.shape[2:]))
+    if out is None:                                 # no tokens
+        return type(self).forward(self, hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+    return self.proj(out.reshape(seq_length, -1).contiguous())
+
+
+# ------------------------------------------------------------------------------------------- LLaVA-OneVision
+
+def _ov_channels_last_pooling(model: nn.Module):
+    base = _ov_parts(model)[0]
+    fp = _fingerprint(type(base).apply_pooling)
+    if fp not in _OV_POOLING_SOURCES:
+        import transformers
+        return (f"{type(base).__name__}.apply_pooling of transformers {transformers.__version__} is not the one "
+                f"checked (transformers {', '.join(_OV_POOLING_SOURCES.values())}; fingerprint {fp})")
+    return _set(base, "apply_pooling", types.MethodType(apply_pooling_channels_last, base))
+
+
+def apply_pooling_channels_last(self, image_features: Tensor) -> Tensor:
+    """LlavaOnevisionModel.apply_pooling (transformers 5.17-5.24) without .contiguous() before interpolate:
+    same values; on CUDA the stock NCHW copy sends bilinear interpolation to a kernel that parallelises over
+    output pixels only."""
+    height = width = self.config.vision_config.image_size // self.config.vision_config.patch_size
+    batch_frames, seq_len, dim = image_features.shape
+    image_features = image_features.view(batch_frames, height, width, -1)
+    image_features = image_features.permute(0, 3, 1, 2)              # a channels-last view, not copied
+
+    height, width = image_features.shape[2:]
+    scaled_shape = [math.ceil(height / 2), math.ceil(width / 2)]
+    image_features = nn.functional.interpolate(image_features, size=scaled_shape, mode="bilinear")
+
+    image_features = image_features.permute(0, 2, 3, 1)
+    image_features = image_features.view(batch_frames, -1, dim)
+    return image_features
+
+
+def _ov_lean_hidden_states(model: nn.Module):
+    """transformers 5.17's get_image_features / get_video_features ask the tower for every layer's hidden states
+    (output_hidden_states=True) to read one (vision_feature_layer); for a 32-frame video that keeps 26 layers x
+    23k tokens x 1152 (1.4 GB in bf16) alive through the encoder, the peak of the whole generate(). The tower's
+    own output capture takes a list of layers instead. Same values."""
+    base, tower, layer = _ov_parts(model)
+    n = tower.config.num_hidden_layers
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < 0:
+        return f"vision_feature_layer {layer!r} is not one negative layer index"
+    if not _ov_reads_every_layer(base):
+        return "this transformers version asks the vision tower for the one layer it reads"
+    stock = tower.forward
+
+    @functools.wraps(stock)
+    def forward(*args, **kwargs):
+        if kwargs.get("output_hidden_states") is True:
+            kwargs["output_hidden_states"] = [n + layer]   # layer outputs only: [-1] is still the last
+        return stock(*args, **kwargs)
+
+    return _set(tower, "forward", forward)        # over accelerate's hooked forward, if any: it still runs
+
+
+def _set(obj, name: str, value):
+    """Set an instance attribute; returns the undo, which puts back exactly what the instance had before."""
+    had, before = name in vars(obj), vars(obj).get(name)
+    setattr(obj, name, value)
+
+    def undo():
+        if had:
+            setattr(obj, name, before)
+        else:
+            vars(obj).pop(name, None)
+    return undo
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+FAMILIES = {
+    "qwen2_5_vl": (("batched_vision_attention", _qwen25_batched_attention),),
+    "llava_onevision": (("channels_last_pooling", _ov_channels_last_pooling),
+                        ("lean_hidden_states", _ov_lean_hidden_states)),
+    # "qwen3_vl": (("batched_vision_attention", <_qwen25_batched_attention with Qwen3-VL's fingerprint>),),
+}

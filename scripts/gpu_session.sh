@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One H200 call for this session's GPU measurements (device time is short: every step is capped, and what a
+# step leaves is kept even if it times out). Results: $OUT/results.tgz (all JSON, logs) and $OUT/progress.log.
+#   GPU tests (kernels, PC-MMR steps, device map, hook) | issue 19 vision tower stock vs accelerated |
+#   issue 19/17 Qwen2.5-VL-7B video32 (+ stock-vision unpruned) | issue 17 OneVision-0.5B image+video32 arms |
+#   issue 16 Qwen3-VL-8B image+video32 | issue 12 the demo's runner with real processors
+set -u
+OUT=${OUT:?}
+W=/tmp/gpu-session; mkdir -p "$W"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+START=$(date +%s); BUDGET=${BUDGET:-515}
+log() { echo "[+$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/progress.log"; }
+step() {
+  local name=$1 limit=$2 left; shift 2
+  left=$(( BUDGET - ($(date +%s) - START) ))
+  (( limit > left )) && limit=$left
+  if (( limit < 15 )); then log "skip $name (${left}s left)"; return 0; fi
+  log "start $name (limit ${limit}s)"
+  timeout -k 5 "$limit" "$@" > "$W/$name.log" 2>&1; log "end $name rc=$?"; tail -n 4 "$W/$name.log" >> "$OUT/progress.log"
+}
+pack() { tar czf "$OUT/results.tgz" -C "$W" . 2>/dev/null; }
+trap pack EXIT
+log "$(nvidia-smi --query-gpu=name --format=csv,noheader) $(python -c 'import torch, transformers; print(torch.__version__, transformers.__version__)')"
+step tests 60 python -m pytest -q -x tests/test_pool_kernel.py tests/test_mmr.py tests/test_device_map.py tests/test_compat.py
+step vision 55 python -m iwp.bench vision --repeats 5 --warmup 1 --profile 30 --json "$W/vision-qwen2.5-vl-7b.json"
+step qwen7b 95 python -m iwp.bench models --model-shape qwen2.5-vl-7b --input video32 --methods iwp --ratios 1.0,0.111 \
+  --layer 2 --repeats 5 --warmup 1 --new-tokens 32 --time-budget 45 --json "$W/models-qwen2.5-vl-7b-{input}-{gpu}.json"
+step qwen7b_stock 45 python -m iwp.bench models --model-shape qwen2.5-vl-7b --input video32 --methods iwp --ratios 1.0 \
+  --layer 2 --stock-vision --repeats 3 --warmup 1 --new-tokens 32 --time-budget 15 \
+  --json "$W/models-qwen2.5-vl-7b-{input}-{gpu}-stock-vision.json"
+step ov05b 75 python -m iwp.bench models --model-shape llava-onevision-0.5b --input image,video32 --methods iwp \
+  --ratios 1.0,0.222,0.111 --keep-one --layer 2 --repeats 7 --warmup 1 --new-tokens 48 --time-budget 25 \
+  --json "$W/models-llava-onevision-0.5b-{input}-{gpu}.json"
+step qwen3 95 python -m iwp.bench models --model-shape qwen3-vl-8b --input video32,image --methods iwp,fastv \
+  --ratios 1.0,0.222,0.111 --layer 2 --repeats 5 --warmup 1 --new-tokens 16 --time-budget 30 \
+  --json "$W/models-qwen3-vl-8b-{input}-{gpu}.json"
+step demo_runner 90 python scripts/gpu_demo_runner.py --budget-s 70 --rounds 2 --out "$W/demo-runner-h200.json"
+python -m iwp.bench models --report "$W"/models-*.json > "$W/summary.md" 2>&1
+python scripts/gpu_demo_runner.py --report "$W/demo-runner-h200.json" >> "$W/summary.md" 2>&1
+cp "$W/summary.md" "$OUT/summary.md" 2>/dev/null
+log done

@@ -1,0 +1,273 @@
+"""iwp.accelerate_vision: bitwise equal to stock on the real Qwen2.5-VL-3B vision config (fewer layers, random
+weights) and on OneVision; an instance patch whose undo is exact; skipped, with a reason, where not proven."""
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import greedy
+
+import iwp
+from iwp import vision_speed
+
+CONFIG_3B = Path(__file__).parent / "fixtures" / "qwen2.5-vl-3b-instruct.config.json"   # the published config.json
+
+
+@functools.lru_cache(maxsize=None)
+def _qwen_real_vision(depth: int = 2, full=(1,), window_size: int | None = None, dtype=torch.float32):
+    """Qwen2.5-VL with the real 3B vision config cut to `depth` blocks (windowed except `full`), a tiny text
+    model; built once per arguments (tests leave it unpatched, on sdpa)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    vc = json.loads(CONFIG_3B.read_text())["vision_config"]
+    vc.update(depth=depth, fullatt_block_indexes=list(full))
+    if window_size is not None:
+        vc["window_size"] = window_size
+    cfg = Qwen2_5_VLConfig(
+        vision_config=vc, image_token_id=60, video_token_id=61, vision_start_token_id=62, vision_end_token_id=63,
+        text_config=dict(vocab_size=64, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=128, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}))
+    torch.manual_seed(0)
+    return Qwen2_5_VLForConditionalGeneration(cfg).eval().to(dtype)
+
+
+def _vision(model, grids, seed=0):
+    n = sum(t * h * w for t, h, w in grids)
+    vc = model.config.vision_config
+    x = torch.randn(n, 3 * vc.temporal_patch_size * vc.patch_size ** 2,
+                    generator=torch.Generator().manual_seed(seed)).to(model.dtype)
+    with torch.no_grad():
+        out = model.model.visual(x, grid_thw=torch.tensor(grids))
+    return out.pooler_output, out.last_hidden_state
+
+
+def _forwards(model):
+    return [("forward" in vars(blk.attn)) for blk in model.model.visual.blocks]
+
+
+def test_the_real_3b_vision_config():
+    vc = _qwen_real_vision(depth=2).config.vision_config
+    assert (vc.hidden_size, vc.num_heads, vc.window_size, vc.patch_size, vc.spatial_merge_size) == (1280, 16, 112, 14, 2)
+    assert json.loads(CONFIG_3B.read_text())["vision_config"]["fullatt_block_indexes"] == [7, 15, 23, 31]
+
+
+# image 1x12x20 (merged 6x10: windows of 4 cut at both edges), an image whose merged grid is odd (7x11), a
+# 2-slice (4-frame) video, two inputs at once (image + 3-slice video), one window covering a whole tiny image
+GRIDS = [[(1, 12, 20)], [(1, 14, 10)], [(2, 10, 12)], [(1, 8, 8), (3, 6, 10)], [(1, 4, 4)]]
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_qwen_batched_attention_is_bitwise_stock(impl):
+    model = _qwen_real_vision()
+    model.set_attn_implementation(impl)
+    for grids in (GRIDS if impl == "sdpa" else GRIDS[1::2]):
+        stock = _vision(model, grids)
+        report = iwp.accelerate_vision(model)
+        try:
+            assert report == {"applied": ["batched_vision_attention"], "skipped": {}}
+            assert all(_forwards(model))
+            fast = _vision(model, grids)
+        finally:
+            iwp.stock_vision(model)
+            model.set_attn_implementation("sdpa")
+        assert not any(_forwards(model))
+        assert all(torch.equal(a, b) for a, b in zip(stock, fast)), grids
+
+
+@pytest.mark.parametrize("window_size,frames", [(84, 3), (140, 1)])
+def test_qwen_odd_window_sizes_and_frame_counts_in_bfloat16(window_size, frames):
+    # windows of 3 and 5 merged units: grids that do not divide by the window; a 6-frame video, an image
+    model = _qwen_real_vision(depth=2, full=(1,), window_size=window_size, dtype=torch.bfloat16)
+    grids = [(frames, 10, 14)]
+    stock = _vision(model, grids, seed=frames)
+    iwp.accelerate_vision(model)
+    try:
+        fast = _vision(model, grids, seed=frames)
+    finally:
+        iwp.stock_vision(model)
+    assert all(torch.equal(a, b) for a, b in zip(stock, fast))
+
+
+def test_qwen_plan_groups_windows_by_length():
+    cu = torch.tensor([0, 64, 128, 160, 224, 256, 256, 272], dtype=torch.int32)
+    plan = {length: (n, where) for length, n, where in vision_speed._plan(cu)}
+    assert set(plan) == {64, 32, 16}                      # the empty window is dropped
+    assert plan[64][0] == 3 and plan[64][1].tolist() == list(range(0, 128)) + list(range(160, 224))
+    assert plan[32][0] == 2 and plan[32][1].tolist() == list(range(128, 160)) + list(range(224, 256))
+    assert plan[16] == (1, 256)                           # a contiguous run: a view, no gather
+    frames = torch.tensor([0, 100, 200, 300])
+    assert vision_speed._plan(frames) == [(100, 3, 0)]     # full attention over 3 frames: one view
+
+
+def test_undo_is_exact_and_generate_is_unchanged(tiny):
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
+    from test_models_qwen2_5_vl import video_batch
+    model, proc = tiny("qwen2_5_vl")
+    inputs = video_batch(model, proc, grids=((4, 8, 12),))
+    base = greedy(model, inputs)
+    iwp.accelerate_vision(model)
+    try:
+        assert iwp.accelerate_vision(model)["applied"] == ["batched_vision_attention"]     # idempotent
+        assert torch.equal(greedy(model, inputs), base)
+        iwp.apply(model, keep_ratio=0.25)                 # pruning on top, removed, leaves the vision patch
+        iwp.remove(model)
+        assert all(_forwards(model))
+    finally:
+        iwp.stock_vision(model)
+    for blk in model.model.visual.blocks:
+        assert "forward" not in vars(blk.attn) and blk.attn.forward.__func__ is Qwen2_5_VLVisionAttention.forward
+    assert vision_speed.applied_parts(model) == [] and not hasattr(model, "_iwp_vision")
+    assert torch.equal(greedy(model, inputs), base)
+
+
+def test_patches_only_this_instance(tiny):
+    model, _ = tiny("qwen2_5_vl")
+    other = _qwen_real_vision()
+    iwp.accelerate_vision(model)
+    try:
+        assert not any(_forwards(other)) and all(_forwards(model))
+    finally:
+        iwp.stock_vision(model)
+
+
+def test_skips_flash_attention_and_unchecked_sources(tiny, monkeypatch):
+    model, _ = tiny("qwen2_5_vl")
+    cfg = model.model.visual.config
+    monkeypatch.setattr(cfg, "_attn_implementation_internal", "flash_attention_2", raising=False)
+    if cfg._attn_implementation == "flash_attention_2":
+        report = iwp.accelerate_vision(model)
+        assert report["applied"] == [] and "varlen" in report["skipped"]["batched_vision_attention"]
+        assert not any(_forwards(model))
+    monkeypatch.undo()
+    assert cfg._attn_implementation == "sdpa"
+    monkeypatch.setattr(vision_speed, "_QWEN25_ATTENTION_SOURCES", {})
+    report = iwp.accelerate_vision(model)
+    assert report["applied"] == [] and "not the one checked" in report["skipped"]["batched_vision_attention"]
+    assert not any(_forwards(model)) and not hasattr(model, "_iwp_vision")
+    assert iwp.accelerate_vision(torch.nn.Linear(2, 2))["applied"] == []          # no family: nothing done
+    report = iwp.accelerate_vision(model.model)            # the base model: not the layout checked
+    assert report["applied"] == [] and "layout" in report["skipped"]["batched_vision_attention"]
+
+
+def test_only_checked_implementation_and_device_pairs(tiny, monkeypatch):
+    model, _ = tiny("qwen2_5_vl")
+    monkeypatch.setattr(vision_speed, "_EXACT", {("eager", "cpu")})
+    report = iwp.accelerate_vision(model)                 # sdpa on cpu taken out of the table: skipped
+    assert report["applied"] == [] and "'sdpa' on cpu" in report["skipped"]["batched_vision_attention"]
+    monkeypatch.undo()
+    grids = [(1, 8, 12)]
+    stock = _vision(model, grids)
+    iwp.accelerate_vision(model)
+    planned = []
+    monkeypatch.setattr(vision_speed, "_plan", lambda cu: planned.append(cu) or [])
+    try:
+        monkeypatch.setattr(vision_speed, "_EXACT", set())   # e.g. moved to a device not checked, after patching
+        assert all(torch.equal(a, b) for a, b in zip(stock, _vision(model, grids))) and planned == []
+    finally:
+        iwp.stock_vision(model)
+
+
+# ---------------------------------------------------------------------------------------------- OneVision
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("frames,side,dim", [(1, 27, 64), (3, 27, 40), (8, 5, 33), (2, 4, 16), (5, 9, 7)])
+def test_channels_last_pooling_is_bitwise_the_stock_pooling(dtype, frames, side, dim):
+    from types import SimpleNamespace
+
+    from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
+    fake = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(image_size=side * 14, patch_size=14)))
+    x = torch.randn(frames, side * side, dim, generator=torch.Generator().manual_seed(side * dim)).to(dtype)
+    stock = LlavaOnevisionModel.apply_pooling(fake, x)
+    fast = vision_speed.apply_pooling_channels_last(fake, x)
+    assert fast.shape == stock.shape == (frames, ((side + 1) // 2) ** 2, dim) and fast.dtype == dtype
+    assert torch.equal(fast, stock)
+
+
+def test_onevision_parts_are_exact_and_undone(tiny):
+    import transformers
+    from packaging import version
+    from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
+    from test_models_llava_onevision import CASES
+    model, proc = tiny("llava_onevision")
+    inputs = CASES["video-b2"](model, proc)
+    base = greedy(model, inputs)
+    kept = []
+    hook = model.model.vision_tower.register_forward_hook(
+        lambda m, a, out: kept.append(sum(h is not None for h in (out.hidden_states or ()))))
+    try:
+        with torch.no_grad():
+            feats = model.model.get_video_features(inputs["pixel_values_videos"]).pooler_output
+        report = iwp.accelerate_vision(model)
+        lean = "output_hidden_states=True" in __import__("inspect").getsource(LlavaOnevisionModel.get_video_features)
+        assert report["applied"] == ["channels_last_pooling"] + (["lean_hidden_states"] if lean else [])
+        assert lean or "one layer" in report["skipped"]["lean_hidden_states"]
+        assert lean is (version.parse(transformers.__version__) < version.parse("5.18"))    # 5.17 asks for every layer, 5.18+ for one
+        assert model.model.apply_pooling.__func__ is vision_speed.apply_pooling_channels_last
+        with torch.no_grad():
+            assert torch.equal(model.model.get_video_features(inputs["pixel_values_videos"]).pooler_output, feats)
+        assert kept[-1] == 1 or not lean                  # the tower held one layer's states, not all
+        assert torch.equal(greedy(model, inputs), base)
+        iwp.apply(model, keep_ratio=0.25)
+        iwp.remove(model)
+        assert "apply_pooling" in vars(model.model)       # iwp never touches the vision patches
+        assert iwp.accelerate_vision(model, skip=["lean_hidden_states"])["skipped"] == {
+            "lean_hidden_states": "skipped on request"}
+    finally:
+        hook.remove()
+        iwp.stock_vision(model)
+    assert "apply_pooling" not in vars(model.model) and "forward" not in vars(model.model.vision_tower)
+    assert model.model.apply_pooling.__func__ is LlavaOnevisionModel.apply_pooling
+    assert torch.equal(greedy(model, inputs), base)
+
+
+def test_skip_leaves_a_part_out():
+    assert vision_speed.vision_parts(torch.nn.Linear(1, 1)) == []
+    from types import SimpleNamespace
+    fake = SimpleNamespace(config=SimpleNamespace(model_type="llava_onevision"))
+    assert vision_speed.vision_parts(fake) == ["channels_last_pooling", "lean_hidden_states"]
+
+
+@pytest.mark.parametrize("off", [False, True])
+def test_the_demo_loads_models_with_accelerate_vision(monkeypatch, off):
+    from iwp.demo import runner
+    seen = []
+    monkeypatch.setattr(iwp, "accelerate_vision", lambda model: seen.append(model))
+    monkeypatch.setenv("IWP_STOCK_VISION", "1" if off else "0")
+    model, _, _ = runner.load_model(runner.TINY)
+    assert seen == ([] if off else [model])
+
+
+def test_vision_bench_checks_bitwise_and_times(tiny):
+    from iwp.bench import vision as bench_vision
+    model, _ = tiny("qwen2_5_vl")
+    res = bench_vision.check_input(model, [(1, 8, 12), (2, 6, 10)], repeats=2, profile_rows=3)
+    assert res["bitwise_equal"] is True and res["max_abs_diff"] == 0.0
+    assert res["report"]["applied"] == ["batched_vision_attention"] and res["tokens"] == (96 + 120) // 4
+    assert len(res["samples_ms"]["stock"]) == len(res["samples_ms"]["accelerated"]) == 2 and res["speedup"] > 0
+    assert "Name" in res["profile"] and vision_speed.applied_parts(model) == []     # left unpatched
+
+
+def test_instance_forwards_set_by_others_are_kept(tiny):
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+    model, _ = tiny("qwen2_5_vl")
+    attn = model.model.visual.blocks[0].attn
+    add_hook_to_module(attn, ModelHook())              # as a device map does: an instance forward
+    try:
+        report = iwp.accelerate_vision(model)
+        assert report["applied"] == [] and "already replaced" in report["skipped"]["batched_vision_attention"]
+        assert not any(_forwards(model)[1:])
+    finally:
+        remove_hook_from_module(attn)
+        vars(attn).pop("forward", None)                  # accelerate leaves the old forward on the instance
+    ov, _ = tiny("llava_onevision")
+    tower = ov.model.vision_tower
+    add_hook_to_module(tower, ModelHook())
+    try:
+        hooked = vars(tower)["forward"]
+        iwp.accelerate_vision(ov)
+        iwp.stock_vision(ov)
+        assert vars(tower)["forward"] is hooked          # put back, not dropped
+    finally:
+        remove_hook_from_module(tower)
+        vars(tower).pop("forward", None)
