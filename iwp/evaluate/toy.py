@@ -30,13 +30,15 @@ RATIOS = (1.0, 0.333, 0.222, 0.111, 0.05)
 
 
 def prepare(processor, split: str, n: int, batch_size: int = 50,
-            world: distributed.World = distributed.World()) -> list[dict]:
-    """The split's first n questions as processor batches (left-padded), with answers and kinds.
+            world: distributed.World = distributed.World(), seed: int | None = None) -> list[dict]:
+    """The split's first n questions as processor batches (left-padded), with answers and kinds; `seed`
+    draws a fresh split instead of the named one.
 
     Under torchrun, this rank's share only (every world.size-th batch): the scenes are drawn in full (their
     noise depends on the whole draw), but only this rank's batches go through the processor.
     """
-    images, _, q = scenes.generate(n, scenes.SPLIT_SEEDS[split], kinds=scenes.BENCHMARK_KINDS)
+    seed = scenes.SPLIT_SEEDS[split] if seed is None else seed
+    images, _, q = scenes.generate(n, seed, kinds=scenes.BENCHMARK_KINDS)
     batches = []
     for index in distributed.shard(range((n + batch_size - 1) // batch_size), world):
         start = index * batch_size
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--split", default="test", choices=sorted(scenes.SPLIT_SEEDS))
+    p.add_argument("--seed", type=int, default=None, help="draw a fresh split from this seed (overrides --split)")
     p.add_argument("--questions", "--n", dest="n", type=int, default=300,
                    help="questions: the first n of the split (--n is an alias; torchrun swallows --n itself)")
     p.add_argument("--batch-size", type=int, default=50)
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lam", type=float, default=None, help="IWP lam (default: iwp.selectors.DEFAULT_LAM)")
     p.add_argument("--first-chunk", type=int, default=None)
     p.add_argument("--growth", type=float, default=None)
+    p.add_argument("--query", default=None, choices=["text", "last"], help="IWP query tokens (default: text)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plot", default=None, help="write the accuracy-vs-ratio PNG here")
     p.add_argument("--sweep", action="store_true", help="choose IWP's defaults on the split (use --split val)")
@@ -204,12 +208,13 @@ def main(argv: list[str] | None = None) -> dict:
     model, processor = load(args.model)
     model.to(args.device or (world.device if world.size > 1 else "cpu"))
     t0 = time.time()
-    batches = prepare(processor, args.split, args.n, args.batch_size, world)
+    batches = prepare(processor, args.split, args.n, args.batch_size, world, args.seed)
     prepare_s = time.time() - t0
     log(f"prepared {args.n} {args.split} questions in {prepare_s:.0f}s ({world.size} process(es))")
-    params = {k: v for k, v in (("lam", args.lam), ("first_chunk", args.first_chunk), ("growth", args.growth))
-              if v is not None}
-    result = {"model": str(args.model), "split": args.split, "seed": scenes.SPLIT_SEEDS[args.split],
+    params = {k: v for k, v in (("lam", args.lam), ("first_chunk", args.first_chunk), ("growth", args.growth),
+                                ("query", args.query)) if v is not None}
+    result = {"model": str(args.model), "split": args.split if args.seed is None else f"seed {args.seed}",
+              "seed": scenes.SPLIT_SEEDS[args.split] if args.seed is None else args.seed,
               "n": args.n, "threads": torch.get_num_threads()}
     if args.sweep:
         def save(partial: dict) -> None:

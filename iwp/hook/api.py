@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .. import compat, models
 from ..dual_form import information_magnitude
 from ..selection import Selection, TokenGroup, categorize, covering
-from ..selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM, SELECTORS
+from ..selectors import DEFAULT_FIRST_CHUNK, DEFAULT_GROWTH, DEFAULT_LAM, DEFAULT_QUERY, QUERIES, SELECTORS
 from .cut import decode_mask, make_cut, prefill_mask, take, take_ids
 from .scoring import select_tokens
 from .state import ATTR, DEFAULT_LAYER, Cut, HostCopy, Record, Settings, State
@@ -35,11 +35,13 @@ from .state import ATTR, DEFAULT_LAYER, Cut, HostCopy, Record, Settings, State
 
 def apply(model: nn.Module, keep_ratio: float = 0.25, method: str = "iwp", layer: int = DEFAULT_LAYER,
           lam: float = DEFAULT_LAM, first_chunk: int = DEFAULT_FIRST_CHUNK, growth: float = DEFAULT_GROWTH,
-          seed: int = 0) -> nn.Module:
+          seed: int = 0, query: str = DEFAULT_QUERY) -> nn.Module:
     """Patch this model instance in place to keep keep_ratio of each image's / video's visual tokens.
 
     Tokens are dropped once, during prefill, before decoder layer `layer`; text tokens are never dropped.
     Re-applying updates the settings. Needs the default DynamicCache. Returns the model.
+    query (IWP only): "text" (default) scores with the queries of every text token after the last visual
+    token, "last" with the last prompt token's alone (iwp.selectors.QUERIES).
     """
     family = models.for_model(model)
     n_layers = len(family.language_model(model).layers)
@@ -52,7 +54,9 @@ def apply(model: nn.Module, keep_ratio: float = 0.25, method: str = "iwp", layer
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
         raise ValueError(f"layer must be an int in [0, {n_layers - 1}] (the model has {n_layers} decoder layers), "
                          f"got {layer!r}")
-    params = {"lam": lam, "first_chunk": first_chunk, "growth": growth} if method == "iwp" else {}
+    if query not in QUERIES:
+        raise ValueError(f"query must be one of {QUERIES}, got {query!r}")
+    params = {"lam": lam, "first_chunk": first_chunk, "growth": growth, "query": query} if method == "iwp" else {}
     settings = Settings(float(keep_ratio), method, layer, params, seed)
     state = getattr(model, ATTR, None)
     if state is not None:                            # idempotent: new settings, same hooks

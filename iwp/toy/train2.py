@@ -1,0 +1,283 @@
+"""Train toy model v2 (576 tokens per image, 8-frame videos): `python -m iwp.toy.train2 --out DIR` (one GPU).
+
+The recipe, fixed before any selector was run on the model: every step one batch of images and one batch of
+8-frame videos drawn on the GPU from a generator seeded with --seed (the val/test splits use their own
+seeds, drawn on CPU, and are never trained on), `--turns` question-answer turns per scene, AdamW with linear
+warm-up and cosine decay, bf16 autocast, and training-only linear probes on the projected visual tokens
+(colour, shape, digit of the object in the patch, row, column; not saved). With --time-budget the number of
+steps is fixed at step 50 to fit the budget. At the end: full-token accuracy per kind on the test split,
+then model + processor + train_report.json in --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from . import build, scenes2 as S
+from .train import AuxHeads, lr_at
+
+AUX_CLASSES = (len(S.COLORS) + 1, len(S.SHAPES) + 1, 11, S.GRID, S.GRID)
+
+
+class Aux(AuxHeads):
+    """v1's probes with v2's classes and token count."""
+
+    def __init__(self, dim: int):
+        torch.nn.Module.__init__(self)
+        self.proj = torch.nn.Linear(dim, sum(AUX_CLASSES))
+
+    def forward(self, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.proj(feats.reshape(targets.shape[0], S.N_TOKENS, -1).float()).split(AUX_CLASSES, -1)
+        return sum(torch.nn.functional.cross_entropy(lg.flatten(0, 1), t.flatten())
+                   for lg, t in zip(logits, targets.unbind(-1)))
+
+
+def _grid(n: int, device) -> torch.Tensor:
+    idx = torch.arange(S.N_TOKENS, device=device)
+    return torch.stack([idx // S.GRID, idx % S.GRID], -1).expand(n, -1, -1)
+
+
+def batch(n: int, gen: torch.Generator, turns: int, frames: int = 1):
+    """(pixels in [-1, 1], ids, labels, probe targets, asked tokens [n, turns, F*N]) for n scenes (videos
+    when frames > 1)."""
+    s = S.sample_scenes(n, gen, frames)
+    images = S.render(s)
+    qs = [S.sample_questions(s, gen) for _ in range(turns)]
+    ids, _, labels = S.sequences(qs, frames)
+    targets = torch.cat([S.token_targets(s), _grid(images.shape[0], images.device)], -1)
+    asked = torch.stack([S.relevant_tokens(s, q.relevant) for q in qs], 1)
+    return (images - 0.5) / 0.5, ids, labels, targets, asked
+
+
+class AttentionProbe:
+    """Training-only attention supervision: at each <sep> (where an answer is predicted), head 0 of decoder
+    layer `layer` is taught to put its attention over the visual tokens on the tokens of the objects the
+    question asks about (a cross-entropy on that head's RoPE'd q.k logits). The answer loss alone left the
+    language model on its answer-prior plateau for a whole first run (1288 steps); this gives the retrieval
+    circuit a direct signal. It is a layer after the benchmark's K = 2, so layer 2 is never shaped directly."""
+
+    def __init__(self, model, layer: int, question_probe: bool = False):
+        self.layer = model.model.language_model.layers[layer]
+        self.captured = []
+        self.layer.register_forward_pre_hook(self._capture, with_kwargs=True)
+        # optional: a linear probe on <sep> for the question's colour, shape and digit words
+        dim = model.config.text_config.hidden_size
+        self.question_head = torch.nn.Linear(dim, len(S.COLORS) + len(S.SHAPES) + 10) if question_probe else None
+
+    def _capture(self, module, args, kwargs):
+        if module.training:
+            self.captured.append((args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"]))
+
+    def loss(self, ids: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
+        hidden, (cos, sin) = self.captured.pop()
+        attn = self.layer.self_attn
+        d = attn.head_dim
+        B, T, n_vis = asked.shape
+        x = self.layer.input_layernorm(hidden)
+        sep = (ids == S.SEP).nonzero()[:, 1].view(B, T)                      # each row has `turns` <sep>s
+        ar = torch.arange(B, device=ids.device)[:, None]
+        cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
+
+        def rope(t, c, s_):
+            half = t.shape[-1] // 2
+            return t * c + torch.cat([-t[..., half:], t[..., :half]], -1) * s_
+
+        q = rope(attn.q_proj(x[ar, sep])[..., :d], cos[ar, sep], sin[ar, sep])           # [B, T, d]
+        vis = slice(1, 1 + n_vis)
+        k = rope(attn.k_proj(x[:, vis])[..., :d], cos[:, vis], sin[:, vis])             # [B, N, d]
+        logits = (q.float() @ k.float().transpose(1, 2)) / d ** 0.5                    # [B, T, N]
+        hit = logits.masked_fill(~asked, float("-inf")).logsumexp(-1)
+        valid = asked.any(-1)
+        loss = -(hit - logits.logsumexp(-1))[valid].mean()
+        if self.question_head is not None:
+            loss = loss + self._question_loss(x[ar, sep], ids, sep, n_vis)
+        return loss
+
+    def _question_loss(self, x_sep: torch.Tensor, ids: torch.Tensor, sep: torch.Tensor, n_vis: int) -> torch.Tensor:
+        """Cross-entropy of the probe on <sep> for the colour, shape and digit words of its own question (the
+        run-2 diagnosis: the question never reached <sep>); words a question does not have are ignored."""
+        B, L = ids.shape
+        pos = torch.arange(L, device=ids.device)[None]
+        turn = torch.cumsum(ids == S.EOS, 1)                                   # question t lies in turn t
+        logits = self.question_head(x_sep.float()).split([len(S.COLORS), len(S.SHAPES), 10], -1)
+        loss = 0.0
+        for words, lg in ((S.COLOR_NAMES, logits[0]), (S.SHAPES, logits[1]), (S.DIGITS, logits[2])):
+            first = S.VOCAB[words[0]]
+            is_word = (ids >= first) & (ids < first + len(words))
+            targets = []
+            for t in range(sep.shape[1]):
+                mine = (turn == t) & (pos > n_vis) & (pos < sep[:, t:t + 1]) & is_word
+                targets.append(torch.where(mine, ids - first, -1).max(1).values)
+            target = torch.stack(targets, 1)                                     # [B, T], -1: none
+            if (target >= 0).any():                  # video questions carry no digit word, for one
+                loss = loss + torch.nn.functional.cross_entropy(lg.flatten(0, 1), target.flatten(), ignore_index=-1)
+        return loss
+
+
+@torch.no_grad()
+def accuracy(model, n: int, seed: int, frames: int, chunk: int = 50, kinds=None) -> dict[str, float]:
+    """First-answer-token accuracy per kind with every visual token, on n scenes of the split `seed` (CPU-drawn)."""
+    dev = next(model.parameters()).device
+    images, s, q = S.generate(n, seed, kinds=kinds, frames=frames)
+    ids, _, _ = S.sequences(q, frames)
+    sep = 1 + S.N_TOKENS * frames + q.lengths
+    correct, total = torch.zeros(len(S.KINDS)), torch.zeros(len(S.KINDS))
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        px = ((images[a * frames:b * frames] - 0.5) / 0.5).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(input_ids=ids[a:b].to(dev), pixel_values=px).logits
+        pred = logits[torch.arange(b - a, device=dev), sep[a:b].to(dev)].argmax(-1).cpu()
+        ok = (pred == q.answer[a:b]).float()
+        correct.index_add_(0, q.kind[a:b], ok)
+        total += torch.bincount(q.kind[a:b], minlength=len(S.KINDS)).float()
+    return {k: round(float(c / t), 4) for k, c, t in zip(S.KINDS, correct, total) if t > 0}
+
+
+def short_forward(model, ids, pixels, labels, targets, asked, keep: int, gen: torch.Generator):
+    """The LM loss on a shortened context (curriculum): per frame only `keep` visual tokens reach the
+    language model, every object token first and random background tokens for the rest, at their original
+    positions (as the pruning hook keeps them). Returns (loss, ids and asked mask of the kept sequence)."""
+    B, L = ids.shape
+    n_vis = asked.shape[-1]
+    frames = n_vis // S.N_TOKENS
+    feats = model.model.get_image_features(pixel_values=pixels)
+    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+    feats = torch.cat(list(feats), 0) if isinstance(feats, (list, tuple)) else feats
+    emb = model.get_input_embeddings()(ids)
+    emb = torch.cat([emb[:, :1], feats.reshape(B, n_vis, -1).to(emb.dtype), emb[:, 1 + n_vis:]], 1)
+    is_object = (targets[..., 0] < len(S.COLORS)).reshape(B, frames, S.N_TOKENS)
+    score = torch.rand(B, frames, S.N_TOKENS, device=ids.device, generator=gen) + 2.0 * is_object
+    picked = score.topk(keep, dim=-1).indices.sort(-1).values                       # [B, F, keep]
+    picked = (picked + S.N_TOKENS * torch.arange(frames, device=ids.device)[None, :, None]).flatten(1)
+    text = torch.arange(1 + n_vis, L, device=ids.device).expand(B, -1)
+    idx = torch.cat([torch.zeros(B, 1, dtype=torch.long, device=ids.device), 1 + picked, text], 1)
+    emb = emb.gather(1, idx[..., None].expand(-1, -1, emb.shape[-1]))
+    out = model.model.language_model(inputs_embeds=emb, position_ids=idx)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    logits = model.lm_head(hidden[:, :-1]).float()
+    lab = labels.gather(1, idx)[:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), lab.flatten(), ignore_index=-100)
+    return loss, ids.gather(1, idx), asked.gather(2, picked[:, None].expand(-1, asked.shape[1], -1))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="toy-lvlm-v2")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=128, help="images per step")
+    p.add_argument("--video-batch", type=int, default=16, help="8-frame videos per step")
+    p.add_argument("--turns", type=int, default=8, help="question-answer turns per scene")
+    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--aux", type=float, default=0.5, help="weight of the training-only token probes")
+    p.add_argument("--attn", type=float, default=1.0, help="weight of the training-only attention supervision")
+    p.add_argument("--attn-layer", type=int, default=4)
+    p.add_argument("--question-probe", action="store_true",
+                   help="also a training-only linear probe on <sep> (at --attn-layer) for the question's words")
+    p.add_argument("--short-steps", type=int, default=0,
+                   help="curriculum: for this many steps the LM sees only --short-keep visual tokens per frame")
+    p.add_argument("--short-keep", type=int, default=48, help="objects first, then random background")
+    p.add_argument("--init", default=None, help="continue from this saved v2 model (warm start)")
+    p.add_argument("--time-budget", type=float, default=0,
+                   help="seconds; if >0, cut --steps to fit (decided at step 50)")
+    p.add_argument("--eval-n", type=int, default=1000, help="test images at the end")
+    p.add_argument("--eval-videos", type=int, default=400, help="test videos at the end")
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--val-every", type=int, default=500)
+    args = p.parse_args(argv)
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(args.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model = build.build_model(2)
+    if args.init:
+        from transformers import LlavaForConditionalGeneration
+        init = LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
+        model.load_state_dict(init.state_dict())
+    model = model.to(dev).train()
+    probe = AttentionProbe(model, args.attn_layer, args.question_probe) if args.attn > 0 else None
+    print(f"params {sum(x.numel() for x in model.parameters()) / 1e6:.2f} M on {dev}", flush=True)
+    aux = Aux(model.config.text_config.hidden_size).to(dev)
+    captured = []
+    model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.append(o) if m.training else None)
+    params = list(model.parameters()) + list(aux.parameters())
+    if probe is not None and probe.question_head is not None:
+        probe.question_head.to(dev)
+        params += list(probe.question_head.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05, fused=dev == "cuda")
+    gen = torch.Generator(device=dev).manual_seed(args.seed)
+    log = []
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+        log.append(msg)
+
+    steps, t0, running, step = args.steps, time.time(), [], 0
+    while step < steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, args.lr, args.warmup)
+        opt.zero_grad(set_to_none=True)
+        losses = []
+        for n, frames in ((args.batch, 1), (args.video_batch, S.FRAMES)):
+            if n == 0:
+                continue
+            pixels, ids, labels, targets, asked = batch(n, gen, args.turns, frames)
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
+                if step < args.short_steps:
+                    loss, kept_ids, kept_asked = short_forward(model, ids, pixels, labels, targets, asked,
+                                                               args.short_keep, gen)
+                else:  # right padding only and a causal mask: no attention mask needed (flash attention)
+                    loss = model(input_ids=ids, pixel_values=pixels, labels=labels).loss
+                    kept_ids, kept_asked = ids, asked
+                aux_loss = aux(captured.pop(), targets)
+                attn_loss = probe.loss(kept_ids, kept_asked) if probe else torch.zeros((), device=dev)
+            (loss + args.aux * aux_loss + args.attn * attn_loss).backward()
+            losses += [loss.detach(), aux_loss.detach(), attn_loss.detach()]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        running.append(torch.stack(losses))
+        step += 1
+        if step == 50 and args.time_budget > 0:
+            rate = 50 / (time.time() - t0)
+            steps = min(steps, int(args.time_budget * rate))
+            say(f"{rate:.2f} steps/s -> {steps} steps")
+        if step % args.log_every == 0 or step == steps:
+            m = torch.stack(running).mean(0).tolist()
+            say(f"step {step}/{steps} loss img {m[0]:.4f} aux {m[1]:.3f} attn {m[2]:.3f}"
+                + (f" video {m[3]:.4f} aux {m[4]:.3f} attn {m[5]:.3f}" if len(m) > 3 else "")
+                + f" lr {opt.param_groups[0]['lr']:.2e} t={time.time() - t0:.0f}s")
+            running = []
+        if step % args.val_every == 0 and step < steps:
+            model.eval()
+            acc = {**accuracy(model, 200, S.SPLIT_SEEDS["val"], 1),
+                   **accuracy(model, 60, S.SPLIT_SEEDS["val"], S.FRAMES)}
+            say(f"  val {acc}")
+            model.train()
+
+    model.eval()
+    train_seconds = time.time() - t0
+    os.makedirs(args.out, exist_ok=True)
+    model.save_pretrained(args.out)                  # saved before the test, so a cut-off run keeps the model
+    build.build_processor(version=2).save_pretrained(args.out)
+    test = {**accuracy(model, args.eval_n, S.SPLIT_SEEDS["test"], 1),
+            **accuracy(model, args.eval_videos, S.SPLIT_SEEDS["test"], S.FRAMES, chunk=25)}
+    say(f"test (every token, {args.eval_n} images + {args.eval_videos} videos): {test}")
+    report = {"recipe": {k: v for k, v in vars(args).items() if k != "out"}, "steps": step,
+              "train_seconds": round(train_seconds, 1),
+              "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+              "torch": torch.__version__, "test_split_seed": S.SPLIT_SEEDS["test"], "test_images": args.eval_n,
+              "test_videos": args.eval_videos, "test_accuracy_full_tokens": test, "log": log}
+    with open(os.path.join(args.out, "train_report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print("saved", {f: os.path.getsize(os.path.join(args.out, f)) for f in sorted(os.listdir(args.out))}, flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
