@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..clock import Clock
 from ..evaluate.distributed import MULTICAST_OFF
 from . import configs as realsize
 from .real_size import Probe, build_prompt, configure, timed_generate
@@ -218,12 +219,13 @@ class SyncProbe(Probe):
 
     def __init__(self, model: nn.Module, layer: int, gpus: list[int]):
         super().__init__(model, layer)
-        self.cuda = False                 # ms() subtracts host times
+        self.cuda = False                 # no single-device peaks (run_once reads every GPU's)
+        self.clock = Clock("cpu")         # marks on the host clock, each after every GPU is done
         self.gpus = gpus
 
-    def _now(self):
+    def _now(self) -> int:
         _sync_all(self.gpus)
-        return time.perf_counter()
+        return self.clock.mark()
 
 
 def kept_tokens(model: nn.Module, n_total: int) -> int:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from ..clock import Clock
 from . import flops
 
 RATIOS = (1.0, 0.333, 0.222, 0.111)
@@ -261,6 +262,7 @@ class Probe:
     def __init__(self, model, layer: int):
         self.cuda = model.device.type == "cuda"
         self.device = model.device
+        self.clock = Clock(self.device)             # the library's clock: CUDA events, or the host clock
         self.marks: dict[str, list] = {}
         self.peaks: dict[str, int] = {}
         inner = model.model
@@ -277,12 +279,8 @@ class Probe:
             self.handles.append(layers[layer].self_attn.register_forward_pre_hook(
                 lambda *a: self.mark("at_k", first=True)))
 
-    def _now(self):
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return time.perf_counter()
+    def _now(self) -> int:
+        return self.clock.mark()
 
     def mark(self, name: str, first: bool = False) -> None:
         if first and name in self.marks:
@@ -294,6 +292,7 @@ class Probe:
 
     def reset(self) -> None:
         self.marks, self.peaks = {}, {}
+        self.clock.marks.clear()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
 
@@ -306,8 +305,8 @@ class Probe:
         return {"vision_peak_gb": vision / 2**30, "decoder_peak_gb": decoder / 2**30,
                 "peak_mem_gb": max(vision, decoder) / 2**30}
 
-    def ms(self, a, b) -> float:
-        return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
+    def ms(self, a: int, b: int) -> float:
+        return self.clock.seconds(a, b) * 1e3
 
     def remove(self) -> None:
         for h in self.handles:

@@ -7,9 +7,9 @@ already on it (IWP's cut runs in a pre-hook of layer K).
 """
 from __future__ import annotations
 
-import time
-
 import torch
+
+from ..clock import Clock
 
 STAGES = ("vision", "before_k", "selection", "after_k", "decode")
 LABELS = {"vision": "vision encoder + merge", "before_k": "layers before K", "selection": "selection at K",
@@ -22,19 +22,14 @@ class StageClock:
 
     def __init__(self, layers, device: torch.device):
         self.layers = list(layers)
-        self.stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
-        self.marks: dict[str, object] = {}
+        self.clock = Clock(device)               # the library's clock: CUDA events, or the host clock
+        self.marks: dict[str, int] = {}          # name -> the clock's mark
         self._handles = []
 
     def mark(self, name: str) -> None:
         if name in self.marks:
             return
-        if self.stream is None:
-            self.marks[name] = time.perf_counter()
-        else:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record(self.stream)
-            self.marks[name] = event
+        self.marks[name] = self.clock.mark()
         if name == "first_token":
             self._remove()                   # the prefill is over: no layer hooks while decoding
 
@@ -54,11 +49,7 @@ class StageClock:
         self._handles.clear()
 
     def _between(self, a: str, b: str) -> float:
-        x, y = self.marks[a], self.marks[b]
-        if self.stream is None:
-            return y - x
-        y.synchronize()
-        return x.elapsed_time(y) / 1e3
+        return self.clock.seconds(self.marks[a], self.marks[b])
 
     def seconds(self, layer: int) -> dict[str, float] | None:
         """Seconds per stage with the cut before decoder layer `layer`; None when a mark is missing (or the
