@@ -191,17 +191,22 @@ def _qwen_prompt(model, kind: str, geo: dict, seed: int) -> Prompt:
     pv = torch.randn(n_patch, 3 * tp * p * p, generator=torch.Generator().manual_seed(seed)).to(dev, dt)
     token = cfg.image_token_id if kind == "image" else cfg.video_token_id
     ids = _ids(cfg, [cfg.vision_start_token_id] + [token] * n_vis + [cfg.vision_end_token_id], seed).to(dev)
-    mm_types = torch.where(ids == token, 1 if kind == "image" else 2, 0)
-    thw = torch.tensor([grid], device=dev)
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm_types)
+    kwargs = _qwen_batch(ids, token, kind, pv, torch.tensor([grid], device=dev))
     if kind == "image":
-        kwargs.update(pixel_values=pv, image_grid_thw=thw)
         geometry = {"image_size": [h, w], "resized": [rh, rw], "grid_thw": list(grid)}
     else:
-        kwargs.update(pixel_values_videos=pv, video_grid_thw=thw,
-                      second_per_grid_ts=torch.tensor([tp / geo["fps"]], device=dev))
+        kwargs.update(second_per_grid_ts=torch.tensor([tp / geo["fps"]], device=dev))
         geometry = {"frames": geo["frames"], "frame_size": [h, w], "resized": [rh, rw], "grid_thw": list(grid)}
     return Prompt(kind, kwargs, ids.shape[1], n_vis, flops.qwen_vision_flops(vc, [grid]), geometry)
+
+
+def _qwen_batch(ids, token: int, kind: str, pv, thw) -> dict:
+    """generate() kwargs of a Qwen-family prompt: ids, mask, M-RoPE token types (1 image, 2 video), pixels, grid."""
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids),
+                  mm_token_type_ids=torch.where(ids == token, 1 if kind == "image" else 2, 0))
+    if kind == "image":
+        return {**kwargs, "pixel_values": pv, "image_grid_thw": thw}
+    return {**kwargs, "pixel_values_videos": pv, "video_grid_thw": thw}
 
 
 N_TIMESTAMP = 6            # text tokens of one Qwen3-VL timestamp, e.g. "<1.0 seconds>"
@@ -233,14 +238,10 @@ def _qwen3_prompt(model, kind: str, geo: dict, seed: int) -> Prompt:
         stamp = _text_ids(cfg, N_TIMESTAMP, seed + 100 + f).tolist() if kind != "image" else []
         visual += stamp + [cfg.vision_start_token_id] + [token] * per_frame + [cfg.vision_end_token_id]
     ids = _ids(cfg, visual, seed).to(dev)
-    mm_types = torch.where(ids == token, 1 if kind == "image" else 2, 0)
-    thw = torch.tensor([grid], device=dev)
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm_types)
+    kwargs = _qwen_batch(ids, token, kind, pv, torch.tensor([grid], device=dev))
     if kind == "image":
-        kwargs.update(pixel_values=pv, image_grid_thw=thw)
         geometry = {"image_size": [h, w], "resized": [rh, rw], "grid_thw": list(grid)}
     else:
-        kwargs.update(pixel_values_videos=pv, video_grid_thw=thw)
         geometry = {"frames": geo["frames"], "frame_size": [h, w], "resized": [rh, rw], "grid_thw": list(grid),
                     "timestamp_tokens": N_TIMESTAMP * t}
     return Prompt(kind, kwargs, ids.shape[1], t * per_frame, flops.qwen3_vision_flops(vc, [grid]), geometry)
