@@ -22,13 +22,13 @@ from iwp.demo.breakdown import time_breakdown
 from iwp.demo.cache import Bounded
 from iwp.demo.zerogpu import gpu_duration
 from iwp.demo.runner import OutOfMemory, Runner
+from iwp.demo.video import MAX_FRAMES
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "assets" / "examples"
 METHODS = ["iwp"] + [m for m in iwp.SELECTORS if m != "iwp"]
 QUEUE_SIZE = 8
-MAX_FRAMES = 8
 DEFAULT_QUESTION = "What is in the picture?"
 
 try:                                     # ZeroGPU on Spaces; a no-op decorator everywhere else

@@ -70,8 +70,9 @@ def load_model(name: str | None = None):
     return model.eval(), processor, name
 
 
-class _Clock(LogitsProcessor):
-    """Records the time of every decoding step; the first one marks the end of the prefill."""
+class _StepStamps(LogitsProcessor):
+    """Wall-clock stamps of every decoding step (the first ends the prefill), for the timings a visitor sees;
+    it also marks the first token on the stage clock (iwp.clock marks, no host sync there)."""
 
     def __init__(self, stages: StageClock | None = None):
         self.stamps: list[float] = []
@@ -182,7 +183,7 @@ class Runner:
     def generate(self, batch, stages: StageClock | None = None) -> tuple[str, float, float, int, torch.Tensor]:
         """Greedy generation: (answer, prefill seconds, total seconds, new tokens, first-token logits).
         stages: a StageClock (entered) that gets the start, first-token and end marks."""
-        clock = _Clock(stages)
+        clock = _StepStamps(stages)
         start = time.perf_counter()
         if stages is not None:
             stages.mark("start")
