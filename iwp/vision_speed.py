@@ -17,8 +17,8 @@ every part computes bit for bit what transformers computes, or it is skipped wit
   NCHW copy (46 ms -> 0.26 ms for 32 frames on a GPU); "lean_hidden_states": transformers 5.17 keeps every
   vision layer's hidden states to read one; the tower then keeps only that one (skipped where transformers
   already asks for one layer).
-- qwen3_vl (not yet): its vision attention has the same per-chunk loop; an entry reusing the batched attention
-  with Qwen3-VL's own fingerprint and block names goes into FAMILIES once it is checked bitwise.
+- qwen3_vl, "batched_vision_attention": the same (Qwen3VLVisionAttention.forward's source is Qwen2.5-VL's, one
+  chunk per temporal slice, so there are fewer calls to save: 16 per layer for a 32-frame video).
 
 Equality with stock is proven by tests on CPU (tests/test_vision_speed.py, real configs with fewer layers) and
 checked again on the device by the benchmark (`python -m iwp.bench models`) on its own inputs, since
@@ -30,6 +30,7 @@ import functools
 import hashlib
 import inspect
 import math
+import sys
 import textwrap
 import types
 
@@ -55,6 +56,11 @@ _ATTR = "_iwp_vision"                # on the model: {part: undo}, present while
 #     hands every windowed block the same cu_window_seqlens tensor, every full block the same cu_seqlens
 #     (one chunk per image / per temporal slice of a video), zero-length windows already removed;
 #   - the stock forward's source is fingerprinted (_QWEN25_ATTENTION_SOURCES): any other source is skipped.
+# Qwen3-VL (transformers.models.qwen3_vl.modeling_qwen3_vl): model.model.visual.blocks[i].attn is a
+#   Qwen3VLVisionAttention whose forward has the same source (same fingerprint) and attributes, with one
+#   cu_seqlens chunk per image / temporal slice in every block; its module has its own
+#   apply_rotary_pos_emb_vision, ALL_ATTENTION_FUNCTIONS and eager_attention_forward, which the batched forward
+#   takes from the attention class's own module.
 #
 # LLaVA-OneVision (transformers.models.llava_onevision.modeling_llava_onevision):
 #   - model.model.apply_pooling(image_features [frames, side*side, dim]) (source fingerprinted);
@@ -64,6 +70,7 @@ _ATTR = "_iwp_vision"                # on the model: {part: undo}, present while
 #     5.18+ (5.24 checked) pass no such flag: lean_hidden_states is skipped there.
 # ============================================================================================================
 
+# Qwen2_5_VLVisionAttention.forward and Qwen3VLVisionAttention.forward (the same source) in 5.17.0-5.24.0
 _QWEN25_ATTENTION_SOURCES = {"ae6fe90b254c7c8e": "5.17.0-5.24.0"}
 _OV_POOLING_SOURCES = {"0e8b89ab0507f28b": "5.17.0-5.24.0"}
 # (attention implementation, device type) where one call on a batch of equal chunks was checked bitwise equal
@@ -84,9 +91,9 @@ def _fingerprint(fn) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _qwen25_modeling():
-    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
-    return modeling_qwen2_5_vl
+def _modeling(attn: nn.Module):
+    """The modeling module of this attention class (its rotary function and attention interfaces)."""
+    return sys.modules[type(attn).__module__]
 
 
 def _qwen25_attentions(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
@@ -236,11 +243,12 @@ def _plan(cu_seqlens: Tensor) -> list[tuple[int, int, int | Tensor]]:
 def _batched_attention_forward(self, hidden_states: Tensor, cu_seqlens: Tensor,
                                position_embeddings: tuple[Tensor, Tensor] | None = None,
                                max_seqlen: int | None = None, *, plans: _Plans, **kwargs) -> Tensor:
-    """Qwen2_5_VLVisionAttention.forward (transformers 5.17-5.24) with one attention call per chunk length."""
+    """Qwen2_5_VLVisionAttention.forward (= Qwen3VLVisionAttention.forward; transformers 5.17-5.24) with one
+    attention call per chunk length."""
     impl = self.config._attn_implementation
     if (impl, hidden_states.device.type) not in _EXACT:     # switched or moved after patching: transformers' own
         return type(self).forward(self, hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
-    mod = _qwen25_modeling()
+    mod = _modeling(self)
     seq_length = hidden_states.shape[0]
     q, k, v = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     cos, sin = position_embeddings
@@ -338,5 +346,5 @@ FAMILIES = {
     "qwen2_5_vl": (("batched_vision_attention", _qwen25_batched_attention),),
     "llava_onevision": (("channels_last_pooling", _ov_channels_last_pooling),
                         ("lean_hidden_states", _ov_lean_hidden_states)),
-    # "qwen3_vl": (("batched_vision_attention", <_qwen25_batched_attention with Qwen3-VL's fingerprint>),),
+    "qwen3_vl": (("batched_vision_attention", _qwen25_batched_attention),),
 }

@@ -271,3 +271,43 @@ def test_instance_forwards_set_by_others_are_kept(tiny):
     finally:
         remove_hook_from_module(tower)
         vars(tower).pop("forward", None)
+
+
+@pytest.mark.parametrize("impl,dtype", [("sdpa", torch.float32), ("eager", torch.float32), ("sdpa", torch.bfloat16)])
+def test_qwen3_batched_attention_is_bitwise_stock_deepstack_included(impl, dtype):
+    """Qwen3-VL's vision attention (one chunk per image / temporal slice): an image, a 3-slice video, both."""
+    model = iwp.models.family("qwen3_vl").tiny()[0].to(dtype)
+    model.set_attn_implementation(impl)
+    vc = model.config.vision_config
+
+    def run(grids):
+        n = sum(t * h * w for t, h, w in grids)
+        x = torch.randn(n, 3 * vc.temporal_patch_size * vc.patch_size ** 2,
+                        generator=torch.Generator().manual_seed(n)).to(dtype)
+        with torch.no_grad():
+            out = model.model.visual(x, grid_thw=torch.tensor(grids))
+        return [out.pooler_output, out.last_hidden_state, *out.deepstack_features]
+
+    for grids in ([(1, 8, 12)], [(3, 4, 6)], [(1, 6, 6), (2, 4, 8)]):
+        stock = run(grids)
+        report = iwp.accelerate_vision(model)
+        try:
+            assert report == {"applied": ["batched_vision_attention"], "skipped": {}}
+            fast = run(grids)
+        finally:
+            iwp.stock_vision(model)
+        assert not any(_forwards(model))
+        assert all(torch.equal(a, b) for a, b in zip(stock, fast)), (impl, dtype, grids)
+
+
+def test_qwen3_generate_is_unchanged_and_undone(tiny):
+    from test_models_qwen3_vl import video_batch
+    model, proc = tiny("qwen3_vl")
+    inputs = video_batch(model, proc, grids=((3, 4, 6),))
+    base = greedy(model, inputs)
+    iwp.accelerate_vision(model)
+    try:
+        assert torch.equal(greedy(model, inputs), base)
+    finally:
+        iwp.stock_vision(model)
+    assert not any(_forwards(model)) and torch.equal(greedy(model, inputs), base)
