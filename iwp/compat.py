@@ -29,7 +29,7 @@ def unsupported(what: str) -> IncompatibleTransformers:
 
 # ------------------------------------------------------------------ keyword arguments of forward calls
 # The cache: `past_key_values` in 5.17-5.23; 5.24 renamed it `cache` (the old name is a deprecated alias
-# until 5.40) for the base model, the text model and every decoder layer. Checked 5.17.0, 5.23.0, 5.24.0.
+# until 5.40) for the base model, the text model and every decoder layer. Checked 5.17.0 and 5.24.0.
 CACHE_KWARGS = ("cache", "past_key_values")
 # Decoder layers get (cos, sin) as `position_embeddings`, the mask as `attention_mask`, ids as
 # `position_ids`, hidden states as the first positional argument or `hidden_states`. Checked 5.17, 5.24.
@@ -98,7 +98,8 @@ def cache_length(cache, layer: int = 0) -> int:
 
 # -------------------------------------------------------------------------------- model structure
 def language_model(model: nn.Module) -> nn.Module:
-    """The decoder stack (model.model.language_model with .layers; LLaVA, OneVision, Qwen2.5-VL; 5.17-5.24)."""
+    """The decoder stack (model.model.language_model with .layers; LLaVA, OneVision, Qwen2.5-VL, Qwen3-VL;
+    5.17-5.24)."""
     lm = getattr(getattr(model, "model", None), "language_model", None)
     if lm is None or not hasattr(lm, "layers"):
         raise unsupported(f"{type(model).__name__} has no model.language_model.layers")
