@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .. import compat
 from ..geometry import Box
 
 
@@ -21,7 +22,7 @@ class Group:
 
 def feature_counts(output) -> list[int]:
     """Tokens per image/video from what get_image_features / get_video_features returned."""
-    pooled = getattr(output, "pooler_output", output)
+    pooled = compat.pooled(output)
     if isinstance(pooled, Tensor):
         return [pooled.shape[1]] * pooled.shape[0] if pooled.ndim == 3 else [pooled.shape[0]]
     return [p.shape[0] for p in pooled]
@@ -34,7 +35,7 @@ class Family:
 
     def language_model(self, model: nn.Module) -> nn.Module:
         """The decoder stack whose .layers the hook patches."""
-        return model.model.language_model
+        return compat.language_model(model)
 
     def token_ids(self, config) -> dict[str, int | None]:
         """Placeholder token id per kind ("image", "video"); kinds the model lacks map to None."""
