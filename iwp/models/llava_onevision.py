@@ -87,17 +87,10 @@ class LlavaOnevision(Family):
 def onevision_processor(image_processor, tokenizer, num_image_tokens: int, vision_aspect_ratio: str,
                         video_size: dict):
     """LlavaOnevisionProcessor with a video processor where torchvision exists, else image-only (processors.py)."""
-    from transformers import LlavaOnevisionProcessor
-    from .processors import image_only
-    common = dict(num_image_tokens=num_image_tokens, vision_feature_select_strategy="full",
-                  vision_aspect_ratio=vision_aspect_ratio)
-    try:
-        import torchvision  # noqa: F401
-        from transformers import LlavaOnevisionVideoProcessor
-        vp = LlavaOnevisionVideoProcessor(size=video_size)
-        return LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=vp,
-                                       chat_template=tokenizer.chat_template, **common)
-    except Exception:
-        pass
-    return image_only(LlavaOnevisionProcessor)(image_processor=image_processor, tokenizer=tokenizer,
-                                               video_processor=None, chat_template=tokenizer.chat_template, **common)
+    import transformers
+    from .processors import with_video_if_possible
+    return with_video_if_possible(
+        transformers.LlavaOnevisionProcessor, lambda: transformers.LlavaOnevisionVideoProcessor(size=video_size),
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template,
+        num_image_tokens=num_image_tokens, vision_feature_select_strategy="full",
+        vision_aspect_ratio=vision_aspect_ratio)

@@ -46,6 +46,17 @@ def image_only(processor_class: type) -> type:
     return _classes[processor_class]
 
 
+def with_video_if_possible(processor_class: type, make_video, **kwargs):
+    """processor_class(**kwargs) with make_video()'s video processor where torchvision imports and works
+    (transformers' check only finds the package), else its image-only twin: same behaviour for images."""
+    try:
+        import torchvision  # noqa: F401
+        video = make_video()
+    except Exception:
+        return image_only(processor_class)(video_processor=None, **kwargs)
+    return processor_class(video_processor=video, **kwargs)
+
+
 def has_video(processor) -> bool:
     """Whether the processor can take `videos=` (it owns a video processor)."""
     return getattr(processor, "video_processor", None) is not None

@@ -84,15 +84,9 @@ class Qwen2_5_VL(Family):
 
 def qwen_processor(image_processor, tokenizer, size: dict):
     """Qwen2_5_VLProcessor with a video processor where torchvision exists, else image-only (processors.py)."""
-    from transformers import Qwen2_5_VLProcessor
-    from .processors import image_only
-    try:
-        import torchvision  # noqa: F401
-        from transformers import Qwen2VLVideoProcessor
-        vp = Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
-        return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=vp,
-                                   chat_template=QWEN_TEMPLATE)
-    except Exception:
-        pass
-    return image_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                                           chat_template=QWEN_TEMPLATE)
+    import transformers
+    from .processors import with_video_if_possible
+    return with_video_if_possible(
+        transformers.Qwen2_5_VLProcessor,
+        lambda: transformers.Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2),
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)

@@ -63,27 +63,19 @@ def kept_deepstack(visual_pos_masks: Tensor, visual_embeds: Tensor, idx: Tensor,
 
     visual_embeds holds one row per visual token in row-major (prompt, position) order, as the mask's
     True entries; dummies (valid False) are never visual."""
-    mask = visual_pos_masks.to(idx.device)
+    mask = visual_pos_masks.to(idx.device)                     # [B, L], one row per prompt, as idx
     rank = (mask.flatten().cumsum(0) - 1).view(mask.shape)      # each visual token's row in visual_embeds
-    rows = torch.arange(idx.shape[0], device=idx.device)[:, None] if mask.shape[0] > 1 else 0
-    kept = mask.expand(idx.shape[0], -1)[rows, idx] if mask.shape[0] > 1 else mask[0][idx]
+    kept = mask.gather(1, idx)
     if valid is not None:
         kept = kept & valid
-    taken = (rank.expand(idx.shape[0], -1)[rows, idx] if mask.shape[0] > 1 else rank[0][idx])[kept]
-    return kept, visual_embeds[taken.to(visual_embeds.device)]
+    return kept, visual_embeds[rank.gather(1, idx)[kept].to(visual_embeds.device)]
 
 
 def qwen3_processor(image_processor, tokenizer):
     """Qwen3VLProcessor with a video processor where torchvision exists, else image-only (processors.py)."""
-    from transformers import Qwen3VLProcessor
-    try:
-        import torchvision  # noqa: F401
-        from transformers import Qwen3VLVideoProcessor
-        vp = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
-        return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=vp,
-                                chat_template=QWEN_TEMPLATE)
-    except Exception:
-        pass
-    from .processors import image_only
-    return image_only(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                                        chat_template=QWEN_TEMPLATE)
+    import transformers
+    from .processors import with_video_if_possible
+    return with_video_if_possible(
+        transformers.Qwen3VLProcessor,
+        lambda: transformers.Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2),
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
