@@ -55,6 +55,11 @@ def cache_name(fn) -> str:
     raise unsupported(f"{getattr(fn, '__qualname__', fn)} takes none of {CACHE_KWARGS} as its cache argument")
 
 
+def cache(kwargs: dict):
+    """The cache a forward call was given, under whichever of CACHE_KWARGS the caller used (or None)."""
+    return next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
+
+
 def check_layer(layer: nn.Module) -> str:
     """Fail at apply time if a decoder layer's forward lacks what the hook reads; returns its cache keyword."""
     missing = [k for k in LAYER_KWARGS if k not in _params(layer.forward)]

@@ -68,7 +68,7 @@ def apply(model: nn.Module, keep_ratio: float = 0.25, method: str = "iwp", layer
     state = State(model, family.bind(model), settings)
     base = compat.base_model(model)
     compat.cache_name(base.forward)                  # fail here, not silently later, if names moved
-    state.cache_kw = compat.check_layer(state.lm.layers[0])
+    compat.check_layer(state.lm.layers[0])
     for kind, name in compat.FEATURE_GETTERS.items():
         if hasattr(base, name):
             setattr(base, name, _recording(getattr(base, name), state, model, kind))
@@ -172,14 +172,10 @@ def _recording(fn, state: State, model: nn.Module, kind: str):
     return wrapper
 
 
-def _cache(kwargs: dict):
-    return next((kwargs[k] for k in compat.CACHE_KWARGS if kwargs.get(k) is not None), None)
-
-
 def _on_call(state: State, module, args, kwargs):
     """Base-model pre-hook: remember input_ids and the padding mask (on a prefill, start their host copy);
     decide prefill or decoding; check the cache kind."""
-    cache = _cache(kwargs)
+    cache = compat.cache(kwargs)
     if cache is not None:
         compat.check_cache(cache)
     input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -218,9 +214,7 @@ def _after_call(state: State, module, args, kwargs, output):
 
 def _on_layer(state: State, i: int, module, args, kwargs):
     """Decoder-layer pre-hook: cut at layer K during prefill; adapt positions and masks after it."""
-    K = state.settings.layer
-    if i < K:
-        return None
+    K = state.settings.layer                           # hooked on layer K and, while a cut needs them, after it
     prefill = state.call.get("prefill", True)
     if not prefill:
         after = range(K + 1, len(state.lm.layers))
@@ -262,7 +256,7 @@ def _on_layer(state: State, i: int, module, args, kwargs):
         kwargs["attention_mask"] = _memo(cut, state.step, kwargs.get("attention_mask"),
                                          lambda m: prefill_mask(m, cut, hidden, state))
     else:                                              # decoding: only the key columns change
-        cache = _cache(kwargs)
+        cache = compat.cache(kwargs)
         kwargs["attention_mask"] = _memo(cut, state.step, kwargs.get("attention_mask"),
                                          lambda m: decode_mask(m, cut, hidden, cache, i, state))
     return args, kwargs

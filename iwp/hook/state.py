@@ -119,7 +119,7 @@ class State:
 
     settings     what apply() was asked for (re-applying swaps it)
     family       the model family's adapter (placeholder ids, per-image facts, boxes)
-    lm           the decoder stack; cache_kw is the cache keyword its layers take (compat)
+    lm           the decoder stack
     handles      the base model's hook handles; layer_handles: the decoder layers' pre-hooks, on layer K
                  always and on the layers after it while a cut needs them (prefill, masks to cut); wrapped: names of the feature getters wrapped on the base model;
                  patched: (object, attribute) the family patched on the instance (Qwen3-VL's DeepStack)
@@ -134,7 +134,6 @@ class State:
     def __init__(self, model: nn.Module, family: models.Family, settings: Settings):
         self.family, self.settings = family, settings
         self.lm = family.language_model(model)
-        self.cache_kw = "past_key_values"
         self.handles: list = []
         self.layer_handles: dict[int, object] = {}   # decoder layer index -> its pre-hook's handle
         self.wrapped: list[str] = []
