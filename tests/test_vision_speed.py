@@ -1,6 +1,7 @@
 """iwp.accelerate_vision: bitwise equal to stock on the real Qwen2.5-VL-3B vision config (fewer layers, random
 weights) and on OneVision; an instance patch whose undo is exact; skipped, with a reason, where not proven."""
 import functools
+import importlib
 import json
 from pathlib import Path
 
@@ -100,11 +101,12 @@ def test_qwen_plan_groups_windows_by_length():
     assert vision_speed._plan(frames) == [(100, 3, 0)]     # full attention over 3 frames: one view
 
 
-def test_undo_is_exact_and_generate_is_unchanged(tiny):
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
-    from test_models_qwen2_5_vl import video_batch
-    model, proc = tiny("qwen2_5_vl")
-    inputs = video_batch(model, proc, grids=((4, 8, 12),))
+@pytest.mark.parametrize("family,grid", [("qwen2_5_vl", (4, 8, 12)), ("qwen3_vl", (3, 4, 6))])
+def test_undo_is_exact_and_generate_is_unchanged(tiny, family, grid):
+    video_batch = importlib.import_module(f"test_models_{family}").video_batch
+    model, proc = tiny(family)
+    stock_forward = type(model.model.visual.blocks[0].attn).forward
+    inputs = video_batch(model, proc, grids=(grid,))
     base = greedy(model, inputs)
     iwp.accelerate_vision(model)
     try:
@@ -116,7 +118,7 @@ def test_undo_is_exact_and_generate_is_unchanged(tiny):
     finally:
         iwp.stock_vision(model)
     for blk in model.model.visual.blocks:
-        assert "forward" not in vars(blk.attn) and blk.attn.forward.__func__ is Qwen2_5_VLVisionAttention.forward
+        assert "forward" not in vars(blk.attn) and blk.attn.forward.__func__ is stock_forward
     assert vision_speed.applied_parts(model) == [] and not hasattr(model, "_iwp_vision")
     assert torch.equal(greedy(model, inputs), base)
 
@@ -298,16 +300,3 @@ def test_qwen3_batched_attention_is_bitwise_stock_deepstack_included(impl, dtype
             iwp.stock_vision(model)
         assert not any(_forwards(model))
         assert all(torch.equal(a, b) for a, b in zip(stock, fast)), (impl, dtype, grids)
-
-
-def test_qwen3_generate_is_unchanged_and_undone(tiny):
-    from test_models_qwen3_vl import video_batch
-    model, proc = tiny("qwen3_vl")
-    inputs = video_batch(model, proc, grids=((3, 4, 6),))
-    base = greedy(model, inputs)
-    iwp.accelerate_vision(model)
-    try:
-        assert torch.equal(greedy(model, inputs), base)
-    finally:
-        iwp.stock_vision(model)
-    assert not any(_forwards(model)) and torch.equal(greedy(model, inputs), base)
