@@ -53,6 +53,11 @@ def batch(n: int, gen: torch.Generator, turns: int, frames: int = 1):
     return (images - 0.5) / 0.5, ids, labels, targets, asked
 
 
+def _rope(t: torch.Tensor, c: torch.Tensor, s_: torch.Tensor) -> torch.Tensor:
+    half = t.shape[-1] // 2
+    return t * c + torch.cat([-t[..., half:], t[..., :half]], -1) * s_
+
+
 class AttentionProbe:
     """Training-only attention supervision: at each <sep> (where an answer is predicted), head 0 of decoder
     layer `layer` is taught to put its attention over the visual tokens on the tokens of the objects the
@@ -60,10 +65,16 @@ class AttentionProbe:
     language model on its answer-prior plateau for a whole first run (1288 steps); this gives the retrieval
     circuit a direct signal. It is a layer after the benchmark's K = 2, so layer 2 is never shaped directly."""
 
-    def __init__(self, model, layer: int, question_probe: bool = False):
+    def __init__(self, model, layer: int, question_probe: bool = False, gather_layer: int | None = None):
         self.layer = model.model.language_model.layers[layer]
         self.captured = []
         self.layer.register_forward_pre_hook(self._capture, with_kwargs=True)
+        # optional first hop: at each <sep>, head 0 of `gather_layer` is taught to attend to the content words
+        # (colour, shape, digit) of its own question, so the answer position carries the question by layer 4
+        self.gather = model.model.language_model.layers[gather_layer] if gather_layer is not None else None
+        self.gathered = []
+        if self.gather is not None:
+            self.gather.register_forward_pre_hook(self._capture_gather, with_kwargs=True)
         # optional: a linear probe on <sep> for the question's colour, shape and digit words
         dim = model.config.text_config.hidden_size
         self.question_head = torch.nn.Linear(dim, len(S.COLORS) + len(S.SHAPES) + 10) if question_probe else None
@@ -71,6 +82,36 @@ class AttentionProbe:
     def _capture(self, module, args, kwargs):
         if module.training:
             self.captured.append((args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"]))
+
+    def _capture_gather(self, module, args, kwargs):
+        if module.training:
+            self.gathered.append((args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"]))
+
+    def gather_loss(self, ids: torch.Tensor, n_vis: int) -> torch.Tensor:
+        """Cross-entropy of `gather_layer` head 0's causal attention at each <sep> onto its question's words."""
+        hidden, (cos, sin) = self.gathered.pop()
+        attn = self.gather.self_attn
+        d = attn.head_dim
+        B, L = ids.shape
+        x = self.gather.input_layernorm(hidden)
+        sep = (ids == S.SEP).nonzero()[:, 1].view(B, -1)                     # [B, T]
+        T = sep.shape[1]
+        ar = torch.arange(B, device=ids.device)[:, None]
+        cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
+        q = _rope(attn.q_proj(x[ar, sep])[..., :d], cos[ar, sep], sin[ar, sep])            # [B, T, d]
+        k = _rope(attn.k_proj(x)[..., :d], cos, sin)                                     # [B, L, d]
+        logits = (q.float() @ k.float().transpose(1, 2)) / d ** 0.5                      # [B, T, L]
+        pos = torch.arange(L, device=ids.device)[None, None]
+        causal = pos <= sep[..., None]
+        turn = torch.cumsum(ids == S.EOS, 1)                                             # question t in turn t
+        first = S.VOCAB[S.COLOR_NAMES[0]]
+        content = (ids >= first) & (ids < S.VOCAB["yes"])                               # colour, shape, digit words
+        target = content[:, None] & (turn[:, None] == torch.arange(T, device=ids.device)[None, :, None]) \
+            & (pos > n_vis) & (pos < sep[..., None])
+        logits = logits.masked_fill(~causal, float("-inf"))
+        hit = logits.masked_fill(~target, float("-inf")).logsumexp(-1)
+        valid = target.any(-1)
+        return -(hit - logits.logsumexp(-1))[valid].mean()
 
     def loss(self, ids: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
         hidden, (cos, sin) = self.captured.pop()
@@ -82,10 +123,7 @@ class AttentionProbe:
         ar = torch.arange(B, device=ids.device)[:, None]
         cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
 
-        def rope(t, c, s_):
-            half = t.shape[-1] // 2
-            return t * c + torch.cat([-t[..., half:], t[..., :half]], -1) * s_
-
+        rope = _rope
         q = rope(attn.q_proj(x[ar, sep])[..., :d], cos[ar, sep], sin[ar, sep])           # [B, T, d]
         vis = slice(1, 1 + n_vis)
         k = rope(attn.k_proj(x[:, vis])[..., :d], cos[:, vis], sin[:, vis])             # [B, N, d]
@@ -95,6 +133,8 @@ class AttentionProbe:
         loss = -(hit - logits.logsumexp(-1))[valid].mean()
         if self.question_head is not None:
             loss = loss + self._question_loss(x[ar, sep], ids, sep, n_vis)
+        if self.gather is not None:
+            loss = loss + self.gather_loss(ids, n_vis)
         return loss
 
     def _question_loss(self, x_sep: torch.Tensor, ids: torch.Tensor, sep: torch.Tensor, n_vis: int) -> torch.Tensor:
@@ -178,6 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--aux", type=float, default=0.5, help="weight of the training-only token probes")
     p.add_argument("--attn", type=float, default=1.0, help="weight of the training-only attention supervision")
     p.add_argument("--attn-layer", type=int, default=4)
+    p.add_argument("--gather-layer", type=int, default=None,
+                   help="also supervise this layer's head 0 at <sep> to attend to the question's words")
     p.add_argument("--question-probe", action="store_true",
                    help="also a training-only linear probe on <sep> (at --attn-layer) for the question's words")
     p.add_argument("--short-steps", type=int, default=0,
@@ -201,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         init = LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
         model.load_state_dict(init.state_dict())
     model = model.to(dev).train()
-    probe = AttentionProbe(model, args.attn_layer, args.question_probe) if args.attn > 0 else None
+    probe = AttentionProbe(model, args.attn_layer, args.question_probe, args.gather_layer) if args.attn > 0 else None
     print(f"params {sum(x.numel() for x in model.parameters()) / 1e6:.2f} M on {dev}", flush=True)
     aux = Aux(model.config.text_config.hidden_size).to(dev)
     captured = []

@@ -1,0 +1,95 @@
+"""Where decoding time goes, unpatched vs patched (issue 17): per-token wall time, CUDA runtime calls and
+host functions of the decoding steps, for each arm, on one GPU.
+
+    python scripts/profile_decode.py --model-shape llava-onevision-0.5b --input image --json out.json
+
+Decode ms/token = (generate with 1 + N new tokens - generate with 1 new token) / N, arms interleaved,
+medians over rounds. Then one torch.profiler run per arm (runtime-API call counts per decoding step,
+GPU kernel time per step) and one cProfile run (the host functions with the largest own time).
+"""
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import statistics
+import time
+
+import torch
+
+import iwp
+from iwp.bench import real_size as bench_models
+
+p = argparse.ArgumentParser()
+p.add_argument("--model-shape", default="llava-onevision-0.5b")
+p.add_argument("--input", default="image")
+p.add_argument("--arms", default="none,iwp@1.0,iwp@0.111,random@0.111")
+p.add_argument("--new-tokens", type=int, default=64)
+p.add_argument("--rounds", type=int, default=7)
+p.add_argument("--json", default=None)
+a = p.parse_args()
+
+model = bench_models.build_model(bench_models.real_config(a.model_shape), "cuda")
+prompt = bench_models.build_prompt(model, a.input)
+
+
+def configure(arm: str) -> None:
+    iwp.remove(model)
+    if arm != "none":
+        method, ratio = arm.split("@")
+        iwp.apply(model, keep_ratio=float(ratio), method=method)
+
+
+def gen(n: int) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    with torch.no_grad():
+        model.generate(**prompt.kwargs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+arms = a.arms.split(",")
+N = a.new_tokens
+per_token = {arm: [] for arm in arms}
+for arm in arms:                                   # warm-up: kernels, allocator, Triton
+    configure(arm)
+    gen(1), gen(N + 1)
+for r in range(a.rounds):
+    for arm in arms:
+        configure(arm)
+        one, full = gen(1), gen(N + 1)
+        per_token[arm].append((full - one) / N * 1e3)
+result = {"model_shape": a.model_shape, "input": a.input, "new_tokens": N, "rounds": a.rounds,
+          "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+          "decode_ms_per_token": {arm: {"median": statistics.median(v), "all": v} for arm, v in per_token.items()},
+          "profile": {}}
+print({arm: round(statistics.median(v), 3) for arm, v in per_token.items()}, flush=True)
+
+for arm in arms:
+    configure(arm)
+    gen(N + 1)
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        gen(N + 1)
+    runtime, kernels_us, n_kernels = {}, 0.0, 0
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kernels_us += e.device_time
+            n_kernels += 1
+        elif e.name.startswith("cuda") or e.name.startswith("cu"):
+            runtime[e.name] = runtime.get(e.name, 0) + 1
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    cp = cProfile.Profile()
+    cp.enable()
+    gen(N + 1)
+    cp.disable()
+    out = io.StringIO()
+    pstats.Stats(cp, stream=out).sort_stats("tottime").print_stats(30)
+    result["profile"][arm] = {"runtime_calls": runtime, "gpu_kernel_ms": kernels_us / 1e3, "kernels": n_kernels,
+                              "torch_table": table, "cprofile": out.getvalue()[-6000:]}
+    print(f"=== {arm}: kernels {n_kernels}, GPU kernel time {kernels_us / 1e3:.1f} ms, runtime {runtime}", flush=True)
+iwp.remove(model)
+if a.json:
+    with open(a.json, "w") as f:
+        json.dump(result, f, indent=1)
