@@ -4,25 +4,7 @@
 #   GPU tests (kernels, PC-MMR steps, device map, hook) | issue 19 vision tower stock vs accelerated |
 #   issue 19/17 Qwen2.5-VL-7B video32 (+ stock-vision unpruned) | issue 17 OneVision-0.5B image+video32 arms |
 #   issue 16 Qwen3-VL-8B image+video32 | issue 12 the demo's runner with real processors
-set -u
-OUT=${OUT:?}
-W=/tmp/gpu-session; mkdir -p "$W"
-cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-START=$(date +%s); BUDGET=${BUDGET:-515}
-log() { echo "[+$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/progress.log"; }
-step() {
-  local name=$1 limit=$2 left; shift 2
-  left=$(( BUDGET - ($(date +%s) - START) ))
-  (( limit > left )) && limit=$left
-  if (( limit < 15 )); then log "skip $name (${left}s left)"; return 0; fi
-  log "start $name (limit ${limit}s)"
-  timeout -k 5 "$limit" "$@" > "$W/$name.log" 2>&1; log "end $name rc=$?"; tail -n 4 "$W/$name.log" >> "$OUT/progress.log"
-}
-pack() { tar czf "$OUT/results.tgz" -C "$W" . 2>/dev/null; }
-trap pack EXIT
-log "$(nvidia-smi --query-gpu=name --format=csv,noheader) $(python -c 'import torch, transformers; print(torch.__version__, transformers.__version__)')"
+source "$(dirname "$0")/gpu_lib.sh"
 step tests 60 python -m pytest -q -x tests/test_pool_kernel.py tests/test_mmr.py tests/test_device_map.py tests/test_compat.py
 step vision 55 python -m iwp.bench vision --repeats 5 --warmup 1 --profile 30 --json "$W/vision-qwen2.5-vl-7b.json"
 step qwen7b 95 python -m iwp.bench models --model-shape qwen2.5-vl-7b --input video32 --methods iwp --ratios 1.0,0.111 \

@@ -27,9 +27,14 @@ p.add_argument("--arms", default="none,iwp@1.0,iwp@0.111,random@0.111")
 p.add_argument("--new-tokens", type=int, default=64)
 p.add_argument("--rounds", type=int, default=7)
 p.add_argument("--json", default=None)
+p.add_argument("--device", default="cuda")
+p.add_argument("--small", action="store_true", help="tiny widths (CPU dry run)")
 a = p.parse_args()
+cuda = a.device.startswith("cuda")
+sync = torch.cuda.synchronize if cuda else (lambda: None)
 
-model = bench_models.build_model(bench_models.real_config(a.model_shape), "cuda")
+model = bench_models.build_model(bench_models.real_config(a.model_shape, small=a.small), a.device,
+                                 torch.bfloat16 if cuda else torch.float32)
 prompt = bench_models.build_prompt(model, a.input)
 
 
@@ -41,11 +46,11 @@ def configure(arm: str) -> None:
 
 
 def gen(n: int) -> float:
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     with torch.no_grad():
         model.generate(**prompt.kwargs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - t
 
 
@@ -61,7 +66,7 @@ for r in range(a.rounds):
         one, full = gen(1), gen(N + 1)
         per_token[arm].append((full - one) / N * 1e3)
 result = {"model_shape": a.model_shape, "input": a.input, "new_tokens": N, "rounds": a.rounds,
-          "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+          "gpu": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
           "decode_ms_per_token": {arm: {"median": statistics.median(v), "all": v} for arm, v in per_token.items()},
           "profile": {}}
 print({arm: round(statistics.median(v), 3) for arm, v in per_token.items()}, flush=True)
@@ -69,7 +74,7 @@ print({arm: round(statistics.median(v), 3) for arm, v in per_token.items()}, flu
 for arm in arms:
     configure(arm)
     gen(N + 1)
-    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=acts) as prof:
         gen(N + 1)
     runtime, kernels_us, n_kernels = {}, 0.0, 0
