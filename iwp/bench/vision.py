@@ -107,7 +107,9 @@ def check_input(model, grids: list[tuple[int, int, int]], repeats: int, profile_
                 set_arm(model)
                 times[arm].append(_timed(model, run)[0])
         if profile_rows:
-            res["profile"] = _profile(model, run, profile_rows, arms["accelerated" if exact else "inexact"])
+            res["profile"], res["kernels"] = _profile(model, run, profile_rows,
+                                                      arms["accelerated" if exact else "inexact"])
+            res["profiled_arm"] = "accelerated" if exact else "inexact"
     iwp.stock_vision(model)
     res["ms"] = {arm: statistics.median(v) for arm, v in times.items()}
     res["samples_ms"] = times
@@ -128,9 +130,10 @@ def difference(ref: torch.Tensor, out: torch.Tensor) -> dict:
             "rel_l2_diff": float(diff.norm()) / norm if norm else None, "ref_max_abs": scale}
 
 
-def _profile(model, run, rows: int, set_arm=None) -> str:
+def _profile(model, run, rows: int, set_arm=None) -> tuple[str, list[dict]]:
     """torch.profiler table of one pass of an arm (default: accelerated), sorted by device time (CPU time on
-    CPU); names up to 100 characters, so that GEMM kernels can be told apart."""
+    CPU), names up to 100 characters; and the `rows` device kernels with the most self time, full names (so that
+    e.g. cuBLAS's Hopper nvjet GEMMs can be told from Ampere cutlass_80 ones; [] on CPU)."""
     import iwp
     from torch.profiler import ProfilerActivity, profile
     cuda = model.device.type == "cuda"
@@ -138,8 +141,13 @@ def _profile(model, run, rows: int, set_arm=None) -> str:
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         run()
         _sync(model.device)
-    return prof.key_averages().table(sort_by="device_time_total" if cuda else "cpu_time_total", row_limit=rows,
-                                     max_name_column_width=100)
+    events = prof.key_averages()
+    table = events.table(sort_by="device_time_total" if cuda else "cpu_time_total", row_limit=rows,
+                         max_name_column_width=100)
+    kernels = sorted((e for e in events if getattr(e.device_type, "name", "") == "CUDA"),
+                     key=lambda e: -e.self_device_time_total)[:rows]
+    return table, [{"name": e.key, "self_device_ms": e.self_device_time_total / 1e3, "calls": e.count}
+                   for e in kernels]
 
 
 def parse_args(argv):
