@@ -30,7 +30,10 @@ level of the dtype, never by more; the report then lists it under "inexact"):
   H200). The part pads the intermediate width to the next multiple of 8 with zeros (gate/up: zero rows and zero
   bias, so act(0) * 0 = 0; down: zero columns): the same linear maps, but another GEMM kernel sums in another
   order. The padded weights replace the originals (each parameter becomes a view of its padded storage, no
-  second copy); the undo copies them back into tensors of the original shape and layout. Families whose vision
+  second copy); the undo copies them back into tensors of the original shape and layout. The padded GEMMs run
+  where no gradient is wanted (torch.no_grad, inference_mode, generate; else transformers' own forward, on the
+  parameters autograd tracks), and while the parameters still view the padded storage (not after .to(), a
+  cast or a reassignment: transformers' own forward then). Families whose vision
   MLP is already aligned (Qwen3-VL 4304, OneVision's SigLIP 4304, Qwen2.5-VL-72B 3456) skip it with that reason.
 
 Equality with stock is proven by tests on CPU (tests/test_vision_speed.py, real configs with fewer layers) and
@@ -478,6 +481,9 @@ class _PaddedMLP:
         """Whether every parameter still views its padded storage (not moved, cast or reassigned since)."""
         return all(self._views(p, padded) for p, padded in self.params)
 
+    def requires_grad(self) -> bool:
+        return any(p.requires_grad for p, _ in self.params)
+
     def restore(self) -> None:
         """Copy each parameter that still views its padded storage into a contiguous tensor of its own size."""
         for p, padded in self.params:
@@ -496,7 +502,9 @@ def _aligned_mlp_forward(self, hidden_state: Tensor, *, pads: _PaddedMLP, act: s
     """The checked vision MLP forwards (_MLP_LAYOUTS) on the padded projections: gated (Qwen2.5-VL,
     down(act(gate(x)) * up(x))) or not (fc2(act(fc1(x)))). The padded units are 0 before the out-projection's
     zero columns, which add nothing."""
-    if not pads.intact():                           # moved or cast after patching: transformers' own
+    if not pads.intact() or (torch.is_grad_enabled() and pads.requires_grad()):
+        # moved or cast after patching, or gradients wanted (autograd tracks the parameters, not the padded
+        # storage the GEMMs would read): transformers' own
         return type(self).forward(self, hidden_state)
     inner = [F.linear(hidden_state, w, b) for w, b in pads.ins]
     h = getattr(self, act)(inner[0])

@@ -437,6 +437,9 @@ def test_aligned_mlp_skips_hooks_and_falls_back_when_moved(tiny):
     grids = [(1, 8, 12)]
     iwp.accelerate_vision(model, exact=False)
     try:
+        mlp, x = model.model.visual.blocks[0].mlp, torch.randn(3, model.config.vision_config.hidden_size)
+        mlp(x).square().sum().backward()          # gradients wanted: transformers' forward on the parameters
+        assert mlp.gate_proj.weight.grad is not None and mlp.down_proj.weight.grad.abs().sum() > 0
         model.to(torch.float64)                       # new parameter tensors: the padded copies are stale
         moved = _vision(model, grids)
     finally:
