@@ -416,7 +416,7 @@ def _aligned_mlp(model: nn.Module):
     padded = []
     try:
         for mlp in mlps:
-            fp, ins, out, act = _MLP_LAYOUTS[type(mlp).__name__]
+            _, ins, out, act = _MLP_LAYOUTS[type(mlp).__name__]
             pads = _PaddedMLP([getattr(mlp, n) for n in ins], getattr(mlp, out))
             padded.append((mlp, pads))
             mlp.forward = types.MethodType(functools.partial(_aligned_mlp_forward, pads=pads, act=act), mlp)

@@ -357,7 +357,8 @@ def test_aligned_mlp_is_close_to_stock_and_undone_bitwise():
         _close(stock, close)
         assert iwp.accelerate_vision(model, exact=False)["inexact"] == ["aligned_mlp"]       # idempotent
         report = iwp.accelerate_vision(model)             # exact=True takes it off again
-        assert report == {"applied": ["batched_vision_attention"], "skipped": {"aligned_mlp": "not bitwise exact (exact=True)"}}
+        assert report == {"applied": ["batched_vision_attention"],
+                          "skipped": {"aligned_mlp": "not bitwise exact (exact=True)"}}
         assert _same_params(model, snap) and all(torch.equal(a, b) for a, b in zip(stock, _vision(model, grids)))
         iwp.accelerate_vision(model, exact=False)
         assert iwp.accelerate_vision(model, skip=["aligned_mlp"], exact=False)["inexact"] == []
@@ -416,7 +417,8 @@ def test_aligned_mlp_ungated_layout_deepstack_included(tiny):
     snap, stock = _snapshot(model), run()
     report = iwp.accelerate_vision(model, exact=False)
     try:
-        assert report["inexact"] == ["aligned_mlp"] and model.model.visual.blocks[0].mlp.linear_fc2.weight.stride() == (64, 1)
+        assert report["inexact"] == ["aligned_mlp"]
+        assert model.model.visual.blocks[0].mlp.linear_fc2.weight.stride() == (64, 1)
         _close(stock, run())
     finally:
         iwp.stock_vision(model)
