@@ -1,6 +1,7 @@
 """Exact speed-ups of the vision side, which pruning inside the language model cannot shorten.
 
     report = iwp.accelerate_vision(model)     # {"applied": [...], "skipped": {part: reason}}
+    report = iwp.accelerate_vision(model, exact=False)   # also the not-bitwise parts: + {"inexact": [...]}
     iwp.stock_vision(model)                   # exact undo: the class's own forwards show through again
 
 Both patch this model instance only (instance attributes over the class's methods) and never change a value:
@@ -20,6 +21,21 @@ every part computes bit for bit what transformers computes, or it is skipped wit
 - qwen3_vl, "batched_vision_attention": the same (Qwen3VLVisionAttention.forward's source is Qwen2.5-VL's, one
   chunk per temporal slice, so there are fewer calls to save: 16 per layer for a 32-frame video).
 
+One part is NOT exact and is offered only with `exact=False` (its outputs differ from stock at the rounding
+level of the dtype, never by more; the report then lists it under "inexact"):
+
+- qwen2_5_vl, "aligned_mlp": Qwen2.5-VL's vision MLP is 3420 wide (the 3B's, 7B's and 32B's; the 72B's is 3456), not a
+  multiple of 8, so the bfloat16 rows of its gate/up/down weights are not 16-byte aligned and cuBLAS runs them in
+  Ampere-era kernels instead of Hopper's (157 of 357 ms of the accelerated 7B tower on a 32-frame video, on an
+  H200). The part pads the intermediate width to the next multiple of 8 with zeros (gate/up: zero rows and zero
+  bias, so act(0) * 0 = 0; down: zero columns): the same linear maps, but another GEMM kernel sums in another
+  order. The padded weights replace the originals (each parameter becomes a view of its padded storage, no
+  second copy); the undo copies them back into tensors of the original shape and layout. The padded GEMMs run
+  where no gradient is wanted (torch.no_grad, inference_mode, generate; else transformers' own forward, on the
+  parameters autograd tracks), and while the parameters still view the padded storage (not after .to(), a
+  cast or a reassignment: transformers' own forward then). Families whose vision
+  MLP is already aligned (Qwen3-VL 4304, OneVision's SigLIP 4304, Qwen2.5-VL-72B 3456) skip it with that reason.
+
 Equality with stock is proven by tests on CPU (tests/test_vision_speed.py, real configs with fewer layers) and
 checked again on the device by the benchmark (`python -m iwp.bench models`) on its own inputs, since
 batching relies on the attention kernel computing each batch entry as it computes a batch of one.
@@ -36,8 +52,9 @@ import types
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-__all__ = ["accelerate_vision", "stock_vision", "vision_parts", "FAMILIES"]
+__all__ = ["accelerate_vision", "stock_vision", "vision_parts", "FAMILIES", "INEXACT_FAMILIES"]
 
 _ATTR = "_iwp_vision"                # on the model: {part: undo}, present while any part is applied
 
@@ -68,6 +85,11 @@ _ATTR = "_iwp_vision"                # on the model: {part: undo}, present while
 #     get_video_features pass output_hidden_states=True ("Ignore arg on purpose") and read
 #     hidden_states[vision_feature_layer]; the tower's output capture also takes a list of layer indices.
 #     5.18+ (5.24 checked) pass no such flag: lean_hidden_states is skipped there.
+#
+# The vision MLPs (aligned_mlp; the three forwards have the same source in 5.17.0 and 5.24.0, fingerprinted in
+# _MLP_LAYOUTS): Qwen2_5_VLMLP (gate_proj, up_proj, down_proj, act_fn; forward = down(act(gate(x)) * up(x))),
+# Qwen3VLVisionMLP (linear_fc1, linear_fc2, act_fn) and SiglipMLP (fc1, fc2, activation_fn; forward =
+# fc2(act(fc1(x)))), found as modules of model.model.visual (Qwen) or model.model.vision_tower (OneVision).
 # ============================================================================================================
 
 # Qwen2_5_VLVisionAttention.forward and Qwen3VLVisionAttention.forward (the same source) in 5.17.0-5.24.0
@@ -79,6 +101,13 @@ _OV_POOLING_SOURCES = {"0e8b89ab0507f28b": "5.17.0-5.24.0"}
 # is left out: cuBLAS may pick another GEMM kernel for a larger batch.
 _EXACT = {("sdpa", "cpu"), ("eager", "cpu"), ("sdpa", "cuda")}
 _VARLEN_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "kernels")
+# vision MLP class -> (forward fingerprint, in-projections, out-projection, activation attribute): forwards whose
+# intermediate goes through the activation (and the product with the second in-projection) elementwise only
+_MLP_LAYOUTS = {
+    "Qwen2_5_VLMLP": ("0d7b11835db6b508", ("gate_proj", "up_proj"), "down_proj", "act_fn"),
+    "Qwen3VLVisionMLP": ("2fe27664d995b009", ("linear_fc1",), "linear_fc2", "act_fn"),
+    "SiglipMLP": ("2097f227af29a742", ("fc1",), "fc2", "activation_fn"),
+}
 
 
 def _fingerprint(fn) -> str | None:
@@ -107,6 +136,12 @@ def _ov_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, object]:
     return model.model, model.model.vision_tower, model.config.vision_feature_layer
 
 
+def _vision_tower(model: nn.Module) -> nn.Module:
+    """Qwen2.5-VL's / Qwen3-VL's model.model.visual, OneVision's model.model.vision_tower."""
+    base = model.model
+    return base.visual if hasattr(base, "visual") else base.vision_tower
+
+
 def _ov_reads_every_layer(base: nn.Module) -> bool:
     """Whether get_image_features / get_video_features ask the tower for every layer's hidden states (5.17)."""
     readers = [getattr(type(base), a, None) for a in ("get_image_features", "get_video_features")]
@@ -119,24 +154,34 @@ def _ov_reads_every_layer(base: nn.Module) -> bool:
 # ============================================================================================================
 
 
-def vision_parts(model: nn.Module) -> list[str]:
-    """The parts accelerate_vision offers for this model's family ([] for families it does not cover)."""
-    return [name for name, _ in FAMILIES.get(_model_type(model), ())]
+def vision_parts(model: nn.Module, exact: bool = True) -> list[str]:
+    """The parts accelerate_vision offers for this model's family ([] for families it does not cover); with
+    exact=False the not-bitwise parts too."""
+    return [name for name, _ in _parts(_model_type(model), exact)]
 
 
-def accelerate_vision(model: nn.Module, skip: tuple[str, ...] | list[str] = ()) -> dict:
+def accelerate_vision(model: nn.Module, skip: tuple[str, ...] | list[str] = (), exact: bool = True) -> dict:
     """Run this instance's vision side faster with identical outputs (see the module docstring).
 
     Applies every part of the model's family except those in `skip`; a part that cannot be proven exact here
     (attention implementation, transformers version) is skipped with its reason, never applied approximately.
     Returns {"applied": [part, ...], "skipped": {part: reason}}. Idempotent; undo with stock_vision(model).
-    Independent of iwp.apply / iwp.remove (either order)."""
-    parts = FAMILIES.get(_model_type(model))
-    if parts is None:
-        return {"applied": [], "skipped": {"*": f"no vision speed-ups for model type {_model_type(model)!r}"}}
+    Independent of iwp.apply / iwp.remove (either order).
+
+    exact=False adds the parts that are NOT bitwise equal to stock (INEXACT_FAMILIES: "aligned_mlp"), and the
+    report gains "inexact": the applied parts among them. exact=True (the default) leaves them out, and undoes
+    them if an earlier call applied them (reported as skipped)."""
+    mtype = _model_type(model)
+    if mtype not in FAMILIES:
+        return {"applied": [], "skipped": {"*": f"no vision speed-ups for model type {mtype!r}"}}
     done = vars(model).setdefault(_ATTR, {})
     report = {"applied": [], "skipped": {}}
-    for name, part in parts:
+    if exact:
+        for name, _ in INEXACT_FAMILIES.get(mtype, ()):
+            if name in done:                        # applied by an earlier exact=False call: left out now
+                done.pop(name)()
+                report["skipped"][name] = "not bitwise exact (exact=True)"
+    for name, part in _parts(mtype, exact):
         if name in skip:
             if name in done:                        # applied by an earlier call: left out now
                 done.pop(name)()
@@ -154,6 +199,9 @@ def accelerate_vision(model: nn.Module, skip: tuple[str, ...] | list[str] = ()) 
         else:
             done[name] = outcome
             report["applied"].append(name)
+    if not exact:
+        inexact = {name for name, _ in INEXACT_FAMILIES.get(mtype, ())}
+        report["inexact"] = [name for name in report["applied"] if name in inexact]
     if not done:
         del vars(model)[_ATTR]
     return report
@@ -161,7 +209,8 @@ def accelerate_vision(model: nn.Module, skip: tuple[str, ...] | list[str] = ()) 
 
 def stock_vision(model: nn.Module) -> nn.Module:
     """Undo accelerate_vision exactly: every instance attribute it set is put back as it was (removed, or what
-    another library had set there). Returns the model."""
+    another library had set there), every padded parameter copied back into a tensor of its original shape and
+    layout. Returns the model."""
     for undo in reversed(list(vars(model).pop(_ATTR, {}).values())):
         undo()
     return model
@@ -173,6 +222,11 @@ def applied_parts(model: nn.Module) -> list[str]:
 
 def _model_type(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def _parts(mtype: str | None, exact: bool) -> tuple:
+    """(name, part) pairs of a family: the exact ones, then (exact=False) the inexact ones."""
+    return FAMILIES.get(mtype, ()) + (() if exact else INEXACT_FAMILIES.get(mtype, ()))
 
 
 # ------------------------------------------------------------------------------------------------ Qwen2.5-VL
@@ -340,6 +394,125 @@ def _set(obj, name: str, value):
     return undo
 
 
+# ------------------------------------------------------------------------------- aligned_mlp (NOT exact)
+
+_ALIGN = 8          # elements: 16-byte rows in bfloat16 / float16, what cuBLAS's Hopper (TMA) kernels need
+
+
+def _aligned_mlp(model: nn.Module):
+    """Pad every vision MLP's intermediate width to a multiple of _ALIGN (module docstring); the undo, or the
+    reason it cannot. Not bitwise: the padded GEMMs sum in another order."""
+    mlps = [m for m in _vision_tower(model).modules() if type(m).__name__ in _MLP_LAYOUTS]
+    if not mlps:
+        return f"no vision MLP of a checked class ({', '.join(_MLP_LAYOUTS)})"
+    widths = {getattr(m, _MLP_LAYOUTS[type(m).__name__][1][0]).out_features for m in mlps}
+    if all(w % _ALIGN == 0 for w in widths):
+        return (f"vision MLP width {', '.join(map(str, sorted(widths)))} is already a multiple of {_ALIGN} "
+                "(16-byte bfloat16 rows): nothing to pad")
+    for mlp in mlps:
+        why = _mlp_unpaddable(mlp)
+        if why:
+            return why
+    padded = []
+    try:
+        for mlp in mlps:
+            _, ins, out, act = _MLP_LAYOUTS[type(mlp).__name__]
+            pads = _PaddedMLP([getattr(mlp, n) for n in ins], getattr(mlp, out))
+            padded.append((mlp, pads))
+            mlp.forward = types.MethodType(functools.partial(_aligned_mlp_forward, pads=pads, act=act), mlp)
+    except BaseException:                           # e.g. out of memory half way: leave the model as it was
+        _restore_mlps(padded)
+        raise
+    return functools.partial(_restore_mlps, padded)
+
+
+def _mlp_unpaddable(mlp: nn.Module) -> str | None:
+    """Why this MLP cannot be padded and restored exactly (None: it can)."""
+    name = type(mlp).__name__
+    fp, ins, out, _ = _MLP_LAYOUTS[name]
+    if _fingerprint(type(mlp).forward) != fp:
+        import transformers
+        return f"{name}.forward of transformers {transformers.__version__} is not the one checked (5.17.0-5.24.0)"
+    linears = [getattr(mlp, n) for n in ins] + [getattr(mlp, out)]
+    for m in [mlp] + linears:
+        if "forward" in vars(m) or m._forward_hooks or m._forward_pre_hooks:
+            return f"{name}: a forward or hook is already set on this instance (accelerate hooks?)"
+    if any(type(lin) is not nn.Linear for lin in linears):
+        return f"{name}: projections are not plain nn.Linear (quantized?)"
+    width = linears[0].out_features
+    if any(lin.out_features != width or lin.in_features != linears[0].in_features for lin in linears[:-1]) \
+            or linears[-1].in_features != width:
+        return f"{name}: projection shapes do not match"
+    for p in (p for lin in linears for p in lin.parameters(recurse=False)):
+        if p.device.type == "meta" or not p.is_contiguous() or p.storage_offset() != 0 \
+                or p.untyped_storage().nbytes() != p.numel() * p.element_size():
+            return f"{name}: a parameter is offloaded, not contiguous, or shares its storage"
+    return None
+
+
+class _PaddedMLP:
+    """One MLP's projections in storage padded to a multiple of _ALIGN intermediate units: the in-projections'
+    weights and biases get zero rows, the out-projection's weight zero columns. Each parameter becomes a view of
+    its padded storage (same values, shape, state_dict key; the out-projection's weight is then not contiguous)
+    and the originals are freed: no second copy."""
+
+    def __init__(self, ins: list[nn.Linear], out: nn.Linear):
+        width = -(-ins[0].out_features // _ALIGN) * _ALIGN
+        self.params: list[tuple[nn.Parameter, Tensor]] = []
+        self.ins = [(self._pad(lin.weight, 0, width), self._pad(lin.bias, 0, width)) for lin in ins]
+        self.out_weight, self.out_bias = self._pad(out.weight, 1, width), out.bias
+
+    def _pad(self, p: nn.Parameter | None, dim: int, width: int) -> Tensor | None:
+        if p is None:
+            return None
+        shape = list(p.shape)
+        shape[dim] = width
+        padded = p.new_zeros(shape)
+        padded.narrow(dim, 0, p.shape[dim]).copy_(p.data)
+        p.data = padded.narrow(dim, 0, p.shape[dim])
+        self.params.append((p, padded))
+        return padded
+
+    @staticmethod
+    def _views(p: nn.Parameter, padded: Tensor) -> bool:
+        return p.device == padded.device and p.dtype == padded.dtype and p.data_ptr() == padded.data_ptr()
+
+    def intact(self) -> bool:
+        """Whether every parameter still views its padded storage (not moved, cast or reassigned since)."""
+        return all(self._views(p, padded) for p, padded in self.params)
+
+    def requires_grad(self) -> bool:
+        return any(p.requires_grad for p, _ in self.params)
+
+    def restore(self) -> None:
+        """Copy each parameter that still views its padded storage into a contiguous tensor of its own size."""
+        for p, padded in self.params:
+            if self._views(p, padded):
+                p.data = torch.empty_like(p.data, memory_format=torch.contiguous_format).copy_(p.data)
+        self.params, self.ins, self.out_weight = [], [], None
+
+
+def _restore_mlps(padded: list[tuple[nn.Module, _PaddedMLP]]) -> None:
+    for mlp, pads in padded:
+        vars(mlp).pop("forward", None)
+        pads.restore()
+
+
+def _aligned_mlp_forward(self, hidden_state: Tensor, *, pads: _PaddedMLP, act: str) -> Tensor:
+    """The checked vision MLP forwards (_MLP_LAYOUTS) on the padded projections: gated (Qwen2.5-VL,
+    down(act(gate(x)) * up(x))) or not (fc2(act(fc1(x)))). The padded units are 0 before the out-projection's
+    zero columns, which add nothing."""
+    if not pads.intact() or (torch.is_grad_enabled() and pads.requires_grad()):
+        # moved or cast after patching, or gradients wanted (autograd tracks the parameters, not the padded
+        # storage the GEMMs would read): transformers' own
+        return type(self).forward(self, hidden_state)
+    inner = [F.linear(hidden_state, w, b) for w, b in pads.ins]
+    h = getattr(self, act)(inner[0])
+    if len(inner) == 2:
+        h = h * inner[1]
+    return F.linear(h, pads.out_weight, pads.out_bias)
+
+
 # ------------------------------------------------------------------------------------------------ the table
 
 FAMILIES = {
@@ -347,4 +520,11 @@ FAMILIES = {
     "llava_onevision": (("channels_last_pooling", _ov_channels_last_pooling),
                         ("lean_hidden_states", _ov_lean_hidden_states)),
     "qwen3_vl": (("batched_vision_attention", _qwen25_batched_attention),),
+}
+
+# parts that are NOT bitwise equal to stock: offered only by accelerate_vision(model, exact=False)
+INEXACT_FAMILIES = {
+    "qwen2_5_vl": (("aligned_mlp", _aligned_mlp),),
+    "llava_onevision": (("aligned_mlp", _aligned_mlp),),
+    "qwen3_vl": (("aligned_mlp", _aligned_mlp),),
 }

@@ -318,3 +318,37 @@ def test_qwen3_vision_flops_match_torch_flop_counter():
             assert counted == flops.qwen3_vision_flops(model.config.vision_config, [grid])
     finally:
         model.set_attn_implementation("sdpa")
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_inexact_vision_is_recorded_with_its_difference(exact):
+    """--inexact-vision: the exact parts checked bitwise, then aligned_mlp on top, recorded with its difference
+    from stock and its time; without it nothing changes (Qwen2.5-VL's tiny model, vision MLP made 60 wide)."""
+    import copy
+
+    from iwp import models, vision_speed
+    tiny = models.family("qwen2_5_vl").tiny()[0]
+    cfg = copy.deepcopy(tiny.config)
+    cfg.vision_config.intermediate_size = 60
+    model = type(tiny)(cfg).eval()
+    prompt = bench_models.build_prompt(model, "image", {"size": (56, 84)})
+    vision = bench_models.set_vision_speed(model, prompt, repeats=1, exact=exact)
+    try:
+        assert vision["bitwise_equal"] is True and vision["accelerate_vision"] is True
+        if exact:
+            assert vision["applied"] == ["batched_vision_attention"] and "inexact" not in vision
+            assert vision_speed.applied_parts(model) == ["batched_vision_attention"]
+        else:
+            assert vision["applied"] == ["batched_vision_attention", "aligned_mlp"]
+            assert vision["inexact"] == ["aligned_mlp"]
+            assert vision_speed.applied_parts(model) == ["batched_vision_attention", "aligned_mlp"]
+            d = vision["inexact_diff"]
+            assert d["rel_l2_diff"] <= 1e-5 and d["max_abs_diff"] <= 1e-4 * d["ref_max_abs"]
+            assert vision["inexact_ms"] > 0
+            assert "aligned_mlp NOT bitwise" in bench_models.vision_note(vision)
+    finally:
+        vision_speed.stock_vision(model)
+    stock = bench_models.set_vision_speed(model, prompt, stock=True, exact=exact)
+    assert ("aligned_mlp" in stock["skipped"]) is (not exact) and stock["applied"] == []
+    assert bench_models.parse_args(["--inexact-vision"]).inexact_vision
+    assert not bench_models.parse_args([]).inexact_vision

@@ -1,5 +1,6 @@
 """iwp.accelerate_vision: bitwise equal to stock on the real Qwen2.5-VL-3B vision config (fewer layers, random
 weights) and on OneVision; an instance patch whose undo is exact; skipped, with a reason, where not proven."""
+import copy
 import functools
 import importlib
 import json
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import greedy
 
 import iwp
@@ -300,3 +302,167 @@ def test_qwen3_batched_attention_is_bitwise_stock_deepstack_included(impl, dtype
             iwp.stock_vision(model)
         assert not any(_forwards(model))
         assert all(torch.equal(a, b) for a, b in zip(stock, fast)), (impl, dtype, grids)
+
+
+# --------------------------------------------------------------------- aligned_mlp: exact=False, NOT bitwise
+
+def _snapshot(model):
+    """Every state_dict entry: (a copy of its values, shape, stride, storage bytes); keys in order."""
+    return [(k, v.clone(), v.shape, v.stride(), v.untyped_storage().nbytes()) for k, v in model.state_dict().items()]
+
+
+def _same_params(model, snap) -> bool:
+    now = _snapshot(model)
+    return [s[0] for s in now] == [s[0] for s in snap] and all(
+        torch.equal(a[1], b[1]) and a[2:] == b[2:] for a, b in zip(now, snap))
+
+
+def _close(stock, out, rel=1e-5):
+    """float32: only the MLP GEMMs' summation order changed (K = 3420 -> 3424). Reassociating a sum of K float32
+    terms moves it by about sqrt(K) * 2**-24 of its magnitude (~4e-6 at K = 3424; measured ~5e-7 here after 2
+    blocks): relative L2 1e-5 and max |diff| 1e-4 of max |x| are far above that and far below what a wrong
+    padded row or column would give (order 1)."""
+    for a, b in zip(stock, out):
+        assert (a - b).norm() <= rel * a.norm() and (a - b).abs().max() <= 10 * rel * a.abs().max()
+
+
+def _unaligned(tiny, family, width=60):
+    """The tiny model of a family rebuilt with a vision MLP `width` wide (not a multiple of 8)."""
+    model, proc = tiny(family)
+    cfg = copy.deepcopy(model.config)
+    cfg.vision_config.intermediate_size = width
+    torch.manual_seed(0)
+    return type(model)(cfg).eval(), proc
+
+
+def test_aligned_mlp_is_close_to_stock_and_undone_bitwise():
+    model = _qwen_real_vision()                       # the real 3B vision config: MLP 3420 wide
+    mlp = model.model.visual.blocks[0].mlp
+    assert mlp.gate_proj.out_features == 3420
+    grids = [(1, 4, 8), (2, 4, 4)]                    # an image and a 4-frame video in one call
+    snap, ptrs = _snapshot(model), [p.data_ptr() for p in model.parameters()]
+    stock = _vision(model, grids)
+    try:
+        assert iwp.accelerate_vision(model) == {"applied": ["batched_vision_attention"], "skipped": {}}
+        assert [p.data_ptr() for p in model.parameters()] == ptrs and "forward" not in vars(mlp)   # exact: untouched
+        report = iwp.accelerate_vision(model, exact=False)
+        assert report == {"applied": ["batched_vision_attention", "aligned_mlp"], "skipped": {},
+                          "inexact": ["aligned_mlp"]}
+        # padded in place: same keys and values, the storage 3424 wide, no second copy of the weights
+        assert [k for k, *_ in _snapshot(model)] == [k for k, *_ in snap]
+        assert all(torch.equal(a, b) for (_, a, *_), (_, b, *_) in zip(_snapshot(model), snap))
+        assert mlp.gate_proj.weight.shape == (3420, 1280) and mlp.down_proj.weight.stride() == (3424, 1)
+        assert mlp.up_proj.weight.untyped_storage().nbytes() == 3424 * 1280 * 4
+        close = _vision(model, grids)
+        _close(stock, close)
+        assert iwp.accelerate_vision(model, exact=False)["inexact"] == ["aligned_mlp"]       # idempotent
+        report = iwp.accelerate_vision(model)             # exact=True takes it off again
+        assert report == {"applied": ["batched_vision_attention"],
+                          "skipped": {"aligned_mlp": "not bitwise exact (exact=True)"}}
+        assert _same_params(model, snap) and all(torch.equal(a, b) for a, b in zip(stock, _vision(model, grids)))
+        iwp.accelerate_vision(model, exact=False)
+        assert iwp.accelerate_vision(model, skip=["aligned_mlp"], exact=False)["inexact"] == []
+        iwp.accelerate_vision(model, exact=False)
+    finally:
+        iwp.stock_vision(model)
+    assert _same_params(model, snap) and all(p.is_contiguous() for p in model.parameters())
+    assert "forward" not in vars(mlp) and not hasattr(model, "_iwp_vision")
+    assert all(torch.equal(a, b) for a, b in zip(stock, _vision(model, grids)))
+
+
+def test_aligned_mlp_runs_the_padded_projections():
+    model = _qwen_real_vision()
+    mlp = model.model.visual.blocks[1].mlp
+    x = torch.randn(5, 1280, generator=torch.Generator().manual_seed(1))
+
+    def pad(w, dim):                                  # an independent zero padding to 3424
+        return torch.cat([w, w.new_zeros(w.shape[:dim] + (4,) + w.shape[dim + 1:])], dim)
+    gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+    h = F.silu(F.linear(x, pad(gate.weight, 0), pad(gate.bias, 0))) * F.linear(x, pad(up.weight, 0), pad(up.bias, 0))
+    expected = F.linear(h, pad(down.weight, 1), down.bias)
+    iwp.accelerate_vision(model, exact=False)
+    try:
+        with torch.no_grad():
+            assert torch.equal(mlp(x), expected)
+    finally:
+        iwp.stock_vision(model)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+def test_aligned_mlp_skips_aligned_widths(tiny, family):
+    model, _ = tiny(family)                           # tiny widths 64; the real Qwen3-VL / SigLIP MLPs are 4304
+    before = [p.data_ptr() for p in model.parameters()]
+    report = iwp.accelerate_vision(model, exact=False)
+    try:
+        assert report["inexact"] == [] and "already a multiple of 8" in report["skipped"]["aligned_mlp"]
+        assert "aligned_mlp" not in report["applied"] and [p.data_ptr() for p in model.parameters()] == before
+    finally:
+        iwp.stock_vision(model)
+    assert vision_speed.vision_parts(model) == vision_speed.vision_parts(model, exact=False)[:-1]
+    assert vision_speed.vision_parts(model, exact=False)[-1] == "aligned_mlp"
+
+
+def test_aligned_mlp_ungated_layout_deepstack_included(tiny):
+    """Qwen3-VL's fc1 -> act -> fc2 MLP, made 60 wide: close to stock (DeepStack features too), undone bitwise."""
+    model, _ = _unaligned(tiny, "qwen3_vl")
+    vc = model.config.vision_config
+    grids = [(1, 6, 6), (2, 4, 8)]
+    n = sum(t * h * w for t, h, w in grids)
+    x = torch.randn(n, 3 * vc.temporal_patch_size * vc.patch_size ** 2, generator=torch.Generator().manual_seed(n))
+
+    def run():
+        with torch.no_grad():
+            out = model.model.visual(x, grid_thw=torch.tensor(grids))
+        return [out.pooler_output, out.last_hidden_state, *out.deepstack_features]
+    snap, stock = _snapshot(model), run()
+    report = iwp.accelerate_vision(model, exact=False)
+    try:
+        assert report["inexact"] == ["aligned_mlp"]
+        assert model.model.visual.blocks[0].mlp.linear_fc2.weight.stride() == (64, 1)
+        _close(stock, run())
+    finally:
+        iwp.stock_vision(model)
+    assert _same_params(model, snap) and all(torch.equal(a, b) for a, b in zip(stock, run()))
+
+
+def test_aligned_mlp_skips_hooks_and_falls_back_when_moved(tiny):
+    model, _ = _unaligned(tiny, "qwen2_5_vl")
+    fc = model.model.visual.blocks[1].mlp.up_proj
+    handle = fc.register_forward_hook(lambda *a: None)
+    try:
+        report = iwp.accelerate_vision(model, exact=False)
+        assert report["inexact"] == [] and "hook" in report["skipped"]["aligned_mlp"]
+        assert "forward" not in vars(model.model.visual.blocks[0].mlp)       # all or nothing
+    finally:
+        handle.remove()
+        iwp.stock_vision(model)
+    grids = [(1, 8, 12)]
+    iwp.accelerate_vision(model, exact=False)
+    try:
+        mlp, x = model.model.visual.blocks[0].mlp, torch.randn(3, model.config.vision_config.hidden_size)
+        mlp(x).square().sum().backward()          # gradients wanted: transformers' forward on the parameters
+        assert mlp.gate_proj.weight.grad is not None and mlp.down_proj.weight.grad.abs().sum() > 0
+        model.to(torch.float64)                       # new parameter tensors: the padded copies are stale
+        moved = _vision(model, grids)
+    finally:
+        iwp.stock_vision(model)
+    assert all(p.dtype == torch.float64 and p.is_contiguous() for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(moved, _vision(model, grids)))    # transformers' own forward ran
+
+
+def test_vision_bench_inexact_arm_records_its_difference(tiny):
+    from iwp.bench import vision as bench_vision
+    model, _ = _unaligned(tiny, "qwen2_5_vl")
+    res = bench_vision.check_input(model, [(1, 4, 8), (2, 4, 4)], repeats=2, exact=False)
+    assert res["bitwise_equal"] is True and res["report"]["applied"] == ["batched_vision_attention"]
+    inexact = res["inexact"]
+    assert inexact["parts"] == ["aligned_mlp"] and inexact["report"]["inexact"] == ["aligned_mlp"]
+    for key in ("pooler_output", "last_hidden_state"):
+        d = inexact[key]
+        assert 0 <= d["max_abs_diff"] <= 1e-4 * d["ref_max_abs"] and d["rel_l2_diff"] <= 1e-5
+    assert set(res["ms"]) == {"stock", "accelerated", "inexact"} and len(res["samples_ms"]["inexact"]) == 2
+    assert inexact["speedup"] > 0 and inexact["speedup_over_exact"] > 0
+    assert vision_speed.applied_parts(model) == [] and all(p.is_contiguous() for p in model.parameters())
+    assert "inexact" not in bench_vision.check_input(model, [(1, 4, 4)], repeats=1)        # default: exact only
+    args = bench_vision.parse_args(["--inexact-vision"])
+    assert args.inexact_vision and not bench_vision.parse_args([]).inexact_vision

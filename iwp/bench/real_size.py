@@ -12,7 +12,9 @@ window length; OneVision: channels-last video pooling, a vision tower that keeps
 reads), once their vision features are found bitwise equal to transformers' own on the prompt, on the
 device; --stock-vision keeps transformers' vision side, --stock-pooling only its OneVision pooling. The
 JSON's "vision_speed" says what ran, with the check and both vision times; "pooling" and
-"vision_hidden_states" (OneVision) are as before.
+"vision_hidden_states" (OneVision) are as before. --inexact-vision adds, in both arms, the parts of
+accelerate_vision(model, exact=False) that are NOT bitwise equal to stock (Qwen2.5-VL: "aligned_mlp");
+"vision_speed" then lists them under "inexact", with their vision time and difference from stock.
 Each row's "median" holds a breakdown per phase: before the vision encoder, vision, decoder layers before
 K, the cut at K, layers from K (and the LM head), decode (ms per token and in all).
 
@@ -541,37 +543,50 @@ def _vision_features(model, prompt: Prompt):
 
 
 def set_vision_speed(model, prompt: Prompt, stock: bool = False, pooling: dict | None = None,
-                     repeats: int = 3) -> dict:
+                     repeats: int = 3, exact: bool = True) -> dict:
     """iwp.accelerate_vision for both arms, unless stock, kept only when the visual tokens it gives on this
     prompt are bitwise equal to transformers' own (checked here, on this device). OneVision's pooling part
     is left out unless `pooling` (set_pooling's check) allows it. Returns what ran, the check and the median
-    vision times (stock / accelerated, the whole features call)."""
+    vision times (stock / accelerated, the whole features call). exact=False then adds the not-bitwise parts
+    (accelerate_vision(model, exact=False)) on top of the exact ones that passed: "inexact" lists them,
+    "inexact_ms" is the vision time with them, "inexact_diff" their features' difference from stock."""
     from .. import vision_speed
     vision_speed.stock_vision(model)
     res = {"accelerate_vision": False, "applied": [], "skipped": {}, "bitwise_equal": None,
            "stock_ms": None, "fast_ms": None}
+    if not exact:
+        res.update(inexact=[], inexact_ms=None, inexact_diff=None)
     if stock:
-        res["skipped"] = {part: "--stock-vision" for part in vision_speed.vision_parts(model)}
+        res["skipped"] = {part: "--stock-vision" for part in vision_speed.vision_parts(model, exact=exact)}
         return res
     skip = ["channels_last_pooling"] if pooling is not None and not pooling["fast"] else []
     report = vision_speed.accelerate_vision(model, skip=skip)
     vision_speed.stock_vision(model)
     res["skipped"] = report["skipped"]
-    if not report["applied"]:
+    if not report["applied"] and exact:
         return res
     run = _vision_features(model, prompt)
     with torch.no_grad():
         ref = _pooled(run())
-        stock_ms = _time_ms(model, run, repeats)
-        vision_speed.accelerate_vision(model, skip=skip)
-        fast = _pooled(run())
-        fast_ms = _time_ms(model, run, repeats)
-    res.update(bitwise_equal=bool(torch.equal(ref, fast)), stock_ms=stock_ms, fast_ms=fast_ms)
-    if res["bitwise_equal"]:
-        res.update(accelerate_vision=True, applied=report["applied"])
-    else:
-        vision_speed.stock_vision(model)
-        res["skipped"].update({p: "not bitwise equal to stock on this input" for p in report["applied"]})
+        res["stock_ms"] = _time_ms(model, run, repeats)
+        if report["applied"]:
+            vision_speed.accelerate_vision(model, skip=skip)
+            fast = _pooled(run())
+            res.update(bitwise_equal=bool(torch.equal(ref, fast)), fast_ms=_time_ms(model, run, repeats))
+            if res["bitwise_equal"]:
+                res.update(accelerate_vision=True, applied=report["applied"])
+            else:
+                vision_speed.stock_vision(model)
+                res["skipped"].update({p: "not bitwise equal to stock on this input" for p in report["applied"]})
+        if not exact:                               # the inexact parts on top of the exact ones kept
+            left_out = skip + [p for p in vision_speed.vision_parts(model) if p not in res["applied"]]
+            loose = vision_speed.accelerate_vision(model, skip=left_out, exact=False)
+            inexact = set(vision_speed.vision_parts(model, exact=False)) - set(vision_speed.vision_parts(model))
+            res["skipped"].update({p: why for p, why in loose["skipped"].items() if p in inexact})
+            if loose["inexact"]:
+                from .vision import difference
+                res.update(accelerate_vision=True, applied=loose["applied"], inexact=loose["inexact"],
+                           inexact_diff=difference(ref, _pooled(run())), inexact_ms=_time_ms(model, run, repeats))
     return res
 
 
@@ -587,8 +602,16 @@ def vision_note(vision: dict | None) -> str:
     """The table header's words on the vision speed-ups both arms ran ("" when none were offered)."""
     if not vision or not (vision["applied"] or vision["skipped"]):
         return ""
-    times = (f" (vision features stock {vision['stock_ms']:.1f} ms, accelerated {vision['fast_ms']:.1f} ms)"
+    times = (f" (vision features stock {_f(vision['stock_ms'])} ms, accelerated {_f(vision['fast_ms'])} ms)"
              if vision.get("stock_ms") is not None else "")
+    inexact = vision.get("inexact") or []
+    if inexact:
+        d = vision["inexact_diff"]
+        exact = [p for p in vision["applied"] if p not in inexact]
+        return (f"; iwp.accelerate_vision: {', '.join(exact) or 'no exact part'}"
+                f"{', bitwise equal to stock on this input' if exact else ''}, + {', '.join(inexact)} NOT bitwise "
+                f"(visual tokens vs stock: max |diff| {d['max_abs_diff']:.3g}, relative L2 {d['rel_l2_diff']:.3g};"
+                f" {vision['inexact_ms']:.1f} ms){times}")
     if vision["accelerate_vision"]:
         return f"; iwp.accelerate_vision: {', '.join(vision['applied'])}, bitwise equal to stock on this input{times}"
     return f"; vision: transformers' own ({'; '.join(sorted(set(vision['skipped'].values())))}){times}"
@@ -786,6 +809,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="OneVision video: keep transformers' pooling (default: channels-last, if bitwise equal)")
     p.add_argument("--stock-vision", action="store_true",
                    help="keep transformers' vision side in both arms (default: iwp.accelerate_vision, if bitwise equal)")
+    p.add_argument("--inexact-vision", action="store_true",
+                   help="also the vision parts that are NOT bitwise equal to stock (accelerate_vision(exact=False): "
+                        "aligned_mlp), in both arms; recorded with their difference from stock")
     p.add_argument("--small", action="store_true", help="tiny widths of the same shapes (a CPU dry run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--report", nargs="*", default=None, help="JSON files: print their tables, make no runs")
@@ -817,7 +843,8 @@ def run_input(args: argparse.Namespace, model, kind: str) -> dict | None:
         print(f"{args.model_shape} {kind}: input not built: {type(e).__name__}: {e}", flush=True)
         return None
     pooling = set_pooling(model, prompt, stock=args.stock_pooling or args.stock_vision)
-    vision = set_vision_speed(model, prompt, stock=args.stock_vision, pooling=pooling)
+    vision = set_vision_speed(model, prompt, stock=args.stock_vision, pooling=pooling,
+                              exact=not getattr(args, "inexact_vision", False))
     if pooling is not None:
         pooling["fast"] = "channels_last_pooling" in vision["applied"]
     hidden = set_vision_hidden_states(model, vision)
