@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import iwp  # noqa: E402
 from iwp.bench import real_size  # noqa: E402
 from iwp.demo import ladder  # noqa: E402
+from iwp.demo.processing import ModelInput  # noqa: E402
 from iwp.demo.runner import Runner  # noqa: E402
 
 CASES = (("qwen2.5-vl-7b", "image"), ("llava-onevision-7b", "video32"))
@@ -42,7 +43,7 @@ class TensorRunner(Runner):
     prompt_kwargs: dict = {}
 
     def inputs(self, images, question, video=False, video_meta=None):
-        return self.prompt_kwargs
+        return ModelInput(batch=self.prompt_kwargs, kind="video" if video else "image")
 
 
 def _sync(model):

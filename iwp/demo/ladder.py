@@ -62,6 +62,16 @@ def _vision_encoder(model) -> torch.nn.Module | None:
     return None
 
 
+def _same(a, b) -> bool:
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        return a is b
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+        return False
+    if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
+        return True
+    return bool(torch.equal(a, b))
+
+
 @contextlib.contextmanager
 def one_vision_pass(model):
     """Within the block, the vision encoder runs once per distinct pixel tensor; the calls it answered
@@ -72,20 +82,21 @@ def one_vision_pass(model):
         yield stats
         return
     real = encoder.forward
-    memo: dict = {}
+    memo: list = []                                          # (pixels, output) per distinct input
 
     def forward(*args, **kwargs):
         pixels = args[0] if args else next(iter(kwargs.values()), None)
-        # the same memory seen the same way is the same input (models pass fresh views of one tensor, e.g.
-        # OneVision reshapes the video's pixels on every call); the tensor is kept so its memory stays ours
-        key = ((pixels.data_ptr(), tuple(pixels.shape), pixels.stride(), pixels.dtype)
-               if isinstance(pixels, torch.Tensor) else id(pixels))
-        if key not in memo:
+        # the same values are the same input: models pass fresh views of one tensor (OneVision reshapes the
+        # video's pixels on every call) or fresh copies (OneVision images: the crops are concatenated anew);
+        # a match of memory is checked first, then of values (one comparison, far cheaper than encoding)
+        hit = next((m for m in memo if _same(m[0], pixels)), None)
+        if hit is None:
             stats["encoded"] += 1
-            memo[key] = (pixels, real(*args, **kwargs))
+            hit = (pixels, real(*args, **kwargs))
+            memo.append(hit)
         else:
             stats["reused"] += 1
-        out = memo[key][1]
+        out = hit[1]
         # a fresh container each time: get_image_features may reassign its fields (Qwen2.5-VL splits
         # pooler_output in place); the tensors inside are shared, and nothing writes into them
         return copy.copy(out) if isinstance(out, dict) else out

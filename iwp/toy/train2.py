@@ -53,6 +53,11 @@ def batch(n: int, gen: torch.Generator, turns: int, frames: int = 1):
     return (images - 0.5) / 0.5, ids, labels, targets, asked
 
 
+def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid entries; 0 (not NaN) when a batch has none (e.g. only 'which shape appears')."""
+    return torch.where(valid, x, 0).sum() / valid.sum().clamp(min=1)
+
+
 def _rope(t: torch.Tensor, c: torch.Tensor, s_: torch.Tensor) -> torch.Tensor:
     half = t.shape[-1] // 2
     return t * c + torch.cat([-t[..., half:], t[..., :half]], -1) * s_
@@ -111,7 +116,7 @@ class AttentionProbe:
         logits = logits.masked_fill(~causal, float("-inf"))
         hit = logits.masked_fill(~target, float("-inf")).logsumexp(-1)
         valid = target.any(-1)
-        return -(hit - logits.logsumexp(-1))[valid].mean()
+        return _masked_mean(-(hit - logits.logsumexp(-1)), valid)
 
     def loss(self, ids: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
         hidden, (cos, sin) = self.captured.pop()
@@ -130,7 +135,7 @@ class AttentionProbe:
         logits = (q.float() @ k.float().transpose(1, 2)) / d ** 0.5                    # [B, T, N]
         hit = logits.masked_fill(~asked, float("-inf")).logsumexp(-1)
         valid = asked.any(-1)
-        loss = -(hit - logits.logsumexp(-1))[valid].mean()
+        loss = _masked_mean(-(hit - logits.logsumexp(-1)), valid)
         if self.question_head is not None:
             loss = loss + self._question_loss(x[ar, sep], ids, sep, n_vis)
         if self.gather is not None:
@@ -225,6 +230,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--short-steps", type=int, default=0,
                    help="curriculum: for this many steps the LM sees only --short-keep visual tokens per frame")
     p.add_argument("--short-keep", type=int, default=48, help="objects first, then random background")
+    p.add_argument("--short-frac", type=float, default=0,
+                   help="with --time-budget: this fraction of the budgeted steps is short-context (overrides "
+                        "--short-steps; a full-context step is planned as --full-cost short steps)")
+    p.add_argument("--full-cost", type=float, default=5.0)
     p.add_argument("--init", default=None, help="continue from this saved v2 model (warm start)")
     p.add_argument("--time-budget", type=float, default=0,
                    help="seconds; if >0, cut --steps to fit (decided at step 50)")
@@ -287,8 +296,13 @@ def main(argv: list[str] | None = None) -> dict:
         step += 1
         if step == 50 and args.time_budget > 0:
             rate = 50 / (time.time() - t0)
-            steps = min(steps, int(args.time_budget * rate))
-            say(f"{rate:.2f} steps/s -> {steps} steps")
+            if args.short_frac > 0:      # short steps at `rate`, full ones args.full_cost times slower
+                per_step = args.short_frac + (1 - args.short_frac) * args.full_cost
+                steps = min(steps, int(args.time_budget * rate / per_step))
+                args.short_steps = int(args.short_frac * steps)
+            else:
+                steps = min(steps, int(args.time_budget * rate))
+            say(f"{rate:.2f} steps/s -> {steps} steps ({args.short_steps} short)")
         if step % args.log_every == 0 or step == steps:
             m = torch.stack(running).mean(0).tolist()
             say(f"step {step}/{steps} loss img {m[0]:.4f} aux {m[1]:.3f} attn {m[2]:.3f}"
