@@ -69,14 +69,29 @@ result = {"model_shape": a.model_shape, "input": a.input, "new_tokens": N, "roun
           "gpu": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
           "decode_ms_per_token": {arm: {"median": statistics.median(v), "all": v} for arm, v in per_token.items()},
           "profile": {}}
+base = per_token[arms[0]]
+result["paired_minus_first_ms"] = {arm: {"median": statistics.median(a - b for a, b in zip(v, base)),
+                                         "all": [a - b for a, b in zip(v, base)]} for arm, v in per_token.items()}
 print({arm: round(statistics.median(v), 3) for arm, v in per_token.items()}, flush=True)
+print("paired vs", arms[0], {a: round(v["median"], 3) for a, v in result["paired_minus_first_ms"].items()}, flush=True)
+
+
+def save():
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+save()
+P = 16                                             # profiled generations are short: the profiler is slow
+HOOKS = ("_on_call", "_after_call", "_on_layer")
 
 for arm in arms:
     configure(arm)
-    gen(N + 1)
+    gen(P + 1)
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=acts) as prof:
-        gen(N + 1)
+        gen(P + 1)
     runtime, kernels_us, n_kernels = {}, 0.0, 0
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
@@ -87,14 +102,18 @@ for arm in arms:
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
     cp = cProfile.Profile()
     cp.enable()
-    gen(N + 1)
+    gen(P + 1)
     cp.disable()
     out = io.StringIO()
-    pstats.Stats(cp, stream=out).sort_stats("tottime").print_stats(30)
-    result["profile"][arm] = {"runtime_calls": runtime, "gpu_kernel_ms": kernels_us / 1e3, "kernels": n_kernels,
+    stats = pstats.Stats(cp, stream=out)
+    stats.sort_stats("tottime").print_stats(30)
+    hooks = {f"{fn}": (cc, ct) for (file, line, fn), (cc, nc, tt, ct, callers) in stats.stats.items()
+             if fn in HOOKS and "iwp" in file}
+    per_step = {fn: {"calls": cc, "ms_per_generation": ct * 1e3} for fn, (cc, ct) in hooks.items()}
+    result["profile"][arm] = {"new_tokens": P, "runtime_calls": runtime, "gpu_kernel_ms": kernels_us / 1e3,
+                              "kernels": n_kernels, "hooks_host_time_cprofile": per_step,
                               "torch_table": table, "cprofile": out.getvalue()[-6000:]}
-    print(f"=== {arm}: kernels {n_kernels}, GPU kernel time {kernels_us / 1e3:.1f} ms, runtime {runtime}", flush=True)
+    print(f"=== {arm}: kernels {n_kernels}, GPU kernel time {kernels_us / 1e3:.1f} ms, hooks {per_step}, "
+          f"runtime {runtime}", flush=True)
+    save()
 iwp.remove(model)
-if a.json:
-    with open(a.json, "w") as f:
-        json.dump(result, f, indent=1)

@@ -398,14 +398,21 @@ def _median(rows: list[dict], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+STOCK_ARM = "none-stock-vision"
+
+
 def bench(model, prompt: Prompt, ratios=RATIOS, methods=METHODS, layer: int = 2, repeats: int = 3,
           warmup: int = 1, new_tokens: int = 16, time_budget: float | None = None, log=print,
-          on_round=None, keep_one: bool = False) -> list[dict]:
+          on_round=None, keep_one: bool = False, stock_arm=None) -> list[dict]:
     """All configurations, interleaved round by round; returns one summary row per configuration: the unpatched
-    model ("none", when 1.0 is among the ratios), IWP at keep ratio 1.0 (keep_one), each method x ratio < 1."""
+    model ("none", when 1.0 is among the ratios), IWP at keep ratio 1.0 (keep_one), each method x ratio < 1.
+    stock_arm: (to_stock, to_fast) callables that switch the vision side; adds the unpatched model with
+    transformers' own vision ("none-stock-vision"), so stock vs accelerated + pruned is a ratio of one run."""
     confs = [(None, 1.0)] if 1.0 in ratios else []
+    confs += [(STOCK_ARM, 1.0)] if stock_arm is not None else []
     confs += [("iwp", 1.0)] if keep_one else []
     confs += [(m, r) for r in ratios if r < 1.0 for m in methods]
+    vision_stock = False
     rows = {c: {"method": c[0] or "none", "keep_ratio": c[1], "samples": [], "kept": [], "selection_s": [],
                 "error": None} for c in confs}
     probe = Probe(model, layer)
@@ -422,9 +429,13 @@ def bench(model, prompt: Prompt, ratios=RATIOS, methods=METHODS, layer: int = 2,
                 if row["error"]:
                     continue
                 try:
-                    configure(model, conf[0], conf[1], layer)
+                    if stock_arm is not None and (conf[0] == STOCK_ARM) != vision_stock:
+                        vision_stock = conf[0] == STOCK_ARM
+                        stock_arm[0 if vision_stock else 1]()
+                    configure(model, None if conf[0] == STOCK_ARM else conf[0], conf[1], layer)
                     res = run_once(model, prompt, probe, new_tokens)
-                    n_kept, sel_s = _kept_tokens(model, prompt) if conf[0] else (prompt.n_total, None)
+                    pruned = conf[0] not in (None, STOCK_ARM)
+                    n_kept, sel_s = _kept_tokens(model, prompt) if pruned else (prompt.n_total, None)
                 except Exception as e:                   # OOM or a failure: record it, go on with the others
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
                     if torch.cuda.is_available():
@@ -442,6 +453,8 @@ def bench(model, prompt: Prompt, ratios=RATIOS, methods=METHODS, layer: int = 2,
     finally:
         probe.remove()
         configure(model, None, 1.0, layer)
+        if vision_stock:
+            stock_arm[1]()
     return summarize(model, prompt, list(rows.values()), layer)
 
 
@@ -461,7 +474,8 @@ def summarize(model, prompt: Prompt, rows: list[dict], layer: int) -> list[dict]
         entry = {"method": row["method"], "keep_ratio": row["keep_ratio"], "error": row["error"],
                  "repeats": len(s), "n_tokens": n_kept, "median": med, "samples": s}
         if n_kept is not None:
-            dec = flops.decoder_prefill_flops(tc, prompt.n_total, n_kept, layer if row["method"] != "none" else 0)
+            unpruned = row["method"] in ("none", STOCK_ARM)
+            dec = flops.decoder_prefill_flops(tc, prompt.n_total, n_kept, 0 if unpruned else layer)
             entry["flops"] = {"vision_tflop": flops.tflops(prompt.vision_flops), "decoder_tflop": flops.tflops(dec)}
             entry["ideal"] = flops.ideal_speedups(prompt.vision_flops, dec_full, dec)
         out.append(entry)
@@ -812,6 +826,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--inexact-vision", action="store_true",
                    help="also the vision parts that are NOT bitwise equal to stock (accelerate_vision(exact=False): "
                         "aligned_mlp), in both arms; recorded with their difference from stock")
+    p.add_argument("--stock-arm", action="store_true",
+                   help="add the unpatched model with transformers' own vision as an interleaved arm "
+                        f"({STOCK_ARM!r}), next to the accelerated ones")
     p.add_argument("--small", action="store_true", help="tiny widths of the same shapes (a CPU dry run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--report", nargs="*", default=None, help="JSON files: print their tables, make no runs")
@@ -867,9 +884,15 @@ def run_input(args: argparse.Namespace, model, kind: str) -> dict | None:
     print(f"{args.model_shape} {kind}: {prompt.n_visual} visual of {prompt.n_total} tokens"
           f"{pooling_note(pooling)}{vision_note(vision)}", flush=True)
     methods = [m for m in args.methods.split(",") if m]
+    stock_arm = None
+    if getattr(args, "stock_arm", False) and vision["applied"]:
+        from .. import vision_speed
+        left_out = [p for p in vision_speed.vision_parts(model, exact=False) if p not in vision["applied"]]
+        stock_arm = (lambda: vision_speed.stock_vision(model),
+                     lambda: vision_speed.accelerate_vision(model, skip=left_out, exact=not vision.get("inexact")))
     runs = bench(model, prompt, _floats(args.ratios), methods, args.layer, args.repeats, args.warmup,
                  args.new_tokens, args.time_budget, log=lambda s: print(s, flush=True), on_round=save,
-                 keep_one=args.keep_one)
+                 keep_one=args.keep_one, stock_arm=stock_arm)
     ratio = min(_floats(args.ratios))
     if args.profile and runs and methods and ratio < 1.0:
         try:
