@@ -31,6 +31,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import iwp  # noqa: E402
+
 FIXTURES = ROOT / "tests" / "fixtures" / "real-processors"
 OV, QWEN = FIXTURES / "llava-onevision-qwen2-0.5b-ov-hf", FIXTURES / "qwen2.5-vl-3b-instruct"
 MODELS = ("llava-onevision-0.5b", "qwen2.5-vl-3b", "llava-onevision-7b", "qwen2.5-vl-7b")
@@ -121,6 +123,7 @@ def bench_model(name: str, args, device: str) -> dict:
     t0 = time.perf_counter()
     config, folder = model_and_folder(name, args.small)
     model = build_model(config, device, torch.bfloat16 if device == "cuda" else torch.float32)
+    vision = None if args.stock_vision else iwp.accelerate_vision(model)   # as Runner.load does for the demo
     processor = load_processor(str(folder))
     runner = Runner(model, processor, name, max_new_tokens=args.new_tokens)
     runner.warmup()
@@ -128,7 +131,8 @@ def bench_model(name: str, args, device: str) -> dict:
     w, h = (320, 180) if args.small else (1920, 1080)
     frames, meta = video_frames(args.frames, w, h)
     out = {"model": name, "processor": str(folder.relative_to(ROOT)), "build_s": round(built, 1),
-           "params_b": round(sum(p.numel() for p in model.parameters()) / 1e9, 3), "inputs": {}}
+           "params_b": round(sum(p.numel() for p in model.parameters()) / 1e9, 3), "inputs": {},
+           "accelerate_vision": vision}
     for kind in args.inputs:
         images = [scene(w, h, seed=99)] if kind == "image" else frames
         given = runner.inputs(images, "Describe what you see in detail.", video=kind == "video",
@@ -173,6 +177,7 @@ def report(paths: list[str]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="JSON file to write")
+    ap.add_argument("--stock-vision", action="store_true", help="without iwp.accelerate_vision (the demo applies it)")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--inputs", default="image,video")
     ap.add_argument("--frames", type=int, default=None, help="video frames (32; 4 with --small)")

@@ -45,11 +45,23 @@ def configure(arm: str) -> None:
         iwp.apply(model, keep_ratio=float(ratio), method=method)
 
 
-def gen(n: int) -> float:
+class Stamps:
+    """A logits processor that stamps the host clock at every decoding step (generate calls it once a step,
+    after the step's logits are computed; the stamps' intervals are the decoding steps' wall times)."""
+    def __init__(self):
+        self.t = []
+
+    def __call__(self, input_ids, scores):
+        self.t.append(time.perf_counter())
+        return scores
+
+
+def gen(n: int, stamps: Stamps | None = None) -> float:
     sync()
     t = time.perf_counter()
+    extra = {"logits_processor": [stamps]} if stamps is not None else {}
     with torch.no_grad():
-        model.generate(**prompt.kwargs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        model.generate(**prompt.kwargs, max_new_tokens=n, min_new_tokens=n, do_sample=False, **extra)
     sync()
     return time.perf_counter() - t
 
@@ -57,22 +69,28 @@ def gen(n: int) -> float:
 arms = a.arms.split(",")
 N = a.new_tokens
 per_token = {arm: [] for arm in arms}
+steps = {arm: [] for arm in arms}                  # every decoding step's interval, all rounds
 for arm in arms:                                   # warm-up: kernels, allocator, Triton
     configure(arm)
     gen(1), gen(N + 1)
 for r in range(a.rounds):
     for arm in arms:
         configure(arm)
-        one, full = gen(1), gen(N + 1)
+        stamps = Stamps()
+        one, full = gen(1), gen(N + 1, stamps)
         per_token[arm].append((full - one) / N * 1e3)
+        steps[arm] += [(b - a_) * 1e3 for a_, b in zip(stamps.t, stamps.t[1:])]
 result = {"model_shape": a.model_shape, "input": a.input, "new_tokens": N, "rounds": a.rounds,
           "gpu": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
           "decode_ms_per_token": {arm: {"median": statistics.median(v), "all": v} for arm, v in per_token.items()},
+          "step_ms": {arm: {"median": statistics.median(v), "q25": statistics.quantiles(v, n=4)[0],
+                            "q75": statistics.quantiles(v, n=4)[2], "n": len(v)} for arm, v in steps.items()},
           "profile": {}}
 base = per_token[arms[0]]
 result["paired_minus_first_ms"] = {arm: {"median": statistics.median(a - b for a, b in zip(v, base)),
                                          "all": [a - b for a, b in zip(v, base)]} for arm, v in per_token.items()}
 print({arm: round(statistics.median(v), 3) for arm, v in per_token.items()}, flush=True)
+print("median step ms", {arm: round(v["median"], 3) for arm, v in result["step_ms"].items()}, flush=True)
 print("paired vs", arms[0], {a: round(v["median"], 3) for a, v in result["paired_minus_first_ms"].items()}, flush=True)
 
 
@@ -83,7 +101,7 @@ def save():
 
 
 save()
-P = 16                                             # profiled generations are short: the profiler is slow
+P = 8                                             # profiled generations are short: the profiler is slow
 HOOKS = ("_on_call", "_after_call", "_on_layer")
 
 for arm in arms:
