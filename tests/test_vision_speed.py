@@ -513,6 +513,22 @@ INTERPRETED_ROTARY = textwrap.dedent("""
         assert all(torch.equal(a, b) for a, b in zip(stock, fast)), (dtype, grids)
         assert all(not hasattr(b.attn, "_iwp_fused_rotary") for b in model.model.visual.blocks)
     assert len(calls) == 4, calls
+    # Qwen3-VL (tiny): the same part, DeepStack features included
+    model = iwp.models.family("qwen3_vl").tiny()[0].to(torch.bfloat16)
+    vc = model.config.vision_config
+    grids = [(1, 6, 6), (2, 4, 8)]
+    x = torch.randn(100, 3 * vc.temporal_patch_size * vc.patch_size ** 2).to(torch.bfloat16)
+
+    def run():
+        with torch.no_grad():
+            out = model.model.visual(x, grid_thw=torch.tensor(grids))
+        return [out.pooler_output, out.last_hidden_state, *out.deepstack_features]
+    stock = run()
+    calls.clear()
+    assert iwp.accelerate_vision(model)["applied"] == ["batched_vision_attention", "fused_rotary"]
+    fast = run()
+    iwp.stock_vision(model)
+    assert all(torch.equal(a, b) for a, b in zip(stock, fast)) and len(calls) == len(model.model.visual.blocks)
     print("ok")
 """)
 
