@@ -20,6 +20,12 @@ every part computes bit for bit what transformers computes, or it is skipped wit
   already asks for one layer).
 - qwen3_vl, "batched_vision_attention": the same (Qwen3VLVisionAttention.forward's source is Qwen2.5-VL's, one
   chunk per temporal slice, so there are fewer calls to save: 16 per layer for a 32-frame video).
+- qwen2_5_vl and qwen3_vl, "fused_rotary" (inside batched_vision_attention, so only where that part is applied):
+  transformers' apply_rotary_pos_emb_vision is about ten elementwise kernels per layer (casts, cat, neg, muls,
+  add, casts back: ~50 of 357 ms of Qwen2.5-VL-7B's batched tower on a 32-frame video, H200); on CUDA it runs as
+  one Triton kernel with the same float32 roundings in the same order (iwp/kernels/rotary.py: no FMA contraction,
+  round to nearest even). Inputs the kernel does not take (other shapes or dtypes, gradients wanted) go to
+  transformers' function. Skipped without Triton or off CUDA.
 
 One part is NOT exact and is offered only with `exact=False` (its outputs differ from stock at the rounding
 level of the dtype, never by more; the report then lists it under "inexact"):
@@ -90,16 +96,27 @@ _ATTR = "_iwp_vision"                # on the model: {part: undo}, present while
 # _MLP_LAYOUTS): Qwen2_5_VLMLP (gate_proj, up_proj, down_proj, act_fn; forward = down(act(gate(x)) * up(x))),
 # Qwen3VLVisionMLP (linear_fc1, linear_fc2, act_fn) and SiglipMLP (fc1, fc2, activation_fn; forward =
 # fc2(act(fc1(x)))), found as modules of model.model.visual (Qwen) or model.model.vision_tower (OneVision).
+#
+# fused_rotary: apply_rotary_pos_emb_vision(q, k, cos, sin) and rotate_half of the attention class's modeling
+# module (Qwen2.5-VL's and Qwen3-VL's have the same source in 5.17.0 and 5.24.0, fingerprinted in
+# _ROTARY_SOURCES): q, k [S, heads, d] upcast to float32, cos/sin [S, d] unsqueezed to [S, 1, d] and upcast,
+# q * cos + rotate_half(q) * sin (rotate_half = cat(-x2, x1)), cast back to q's dtype; the vision transformers
+# pass position_embeddings = (emb.cos(), emb.sin()) of a float32 emb [S, d].
 # ============================================================================================================
 
 # Qwen2_5_VLVisionAttention.forward and Qwen3VLVisionAttention.forward (the same source) in 5.17.0-5.24.0
 _QWEN25_ATTENTION_SOURCES = {"ae6fe90b254c7c8e": "5.17.0-5.24.0"}
+# apply_rotary_pos_emb_vision, rotate_half (Qwen2.5-VL's = Qwen3-VL's) in 5.17.0-5.24.0
+_ROTARY_SOURCES = {("e174399e546c23a4", "c3e95bb5f330fa3c"): "5.17.0-5.24.0"}
 _OV_POOLING_SOURCES = {"0e8b89ab0507f28b": "5.17.0-5.24.0"}
 # (attention implementation, device type) where one call on a batch of equal chunks was checked bitwise equal
 # to one call per chunk: CPU by tests/test_vision_speed.py; CUDA sdpa by python -m iwp.bench vision on an H200
 # (flash / memory-efficient kernels compute each batch entry alone; no split-KV at these lengths). Eager on CUDA
 # is left out: cuBLAS may pick another GEMM kernel for a larger batch.
 _EXACT = {("sdpa", "cpu"), ("eager", "cpu"), ("sdpa", "cuda")}
+# part -> the part it runs inside: skipped (and undone) where that one is not applied
+_NEEDS = {"fused_rotary": "batched_vision_attention"}
+_ROTARY_ATTR = "_iwp_fused_rotary"   # on each vision attention: the kernel module its batched forward calls
 _VARLEN_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "kernels")
 # vision MLP class -> (forward fingerprint, in-projections, out-projection, activation attribute): forwards whose
 # intermediate goes through the activation (and the product with the second in-projection) elementwise only
@@ -186,6 +203,12 @@ def accelerate_vision(model: nn.Module, skip: tuple[str, ...] | list[str] = (), 
             if name in done:                        # applied by an earlier call: left out now
                 done.pop(name)()
             report["skipped"][name] = "skipped on request"
+            continue
+        need = _NEEDS.get(name)
+        if need and need not in done:
+            if name in done:
+                done.pop(name)()
+            report["skipped"][name] = f"runs inside {need}, which is not applied"
             continue
         if name in done:
             report["applied"].append(name)
@@ -306,7 +329,11 @@ def _batched_attention_forward(self, hidden_states: Tensor, cu_seqlens: Tensor,
     seq_length = hidden_states.shape[0]
     q, k, v = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     cos, sin = position_embeddings
-    q, k = mod.apply_rotary_pos_emb_vision(q, k, cos, sin)          # [S, heads, d] each
+    fused = vars(self).get(_ROTARY_ATTR)            # fused_rotary applied: the kernel, where it takes the inputs
+    if fused is not None and fused.supports(q, k, cos, sin) is None:
+        q, k = fused.apply_rotary(q, k, cos, sin)
+    else:
+        q, k = mod.apply_rotary_pos_emb_vision(q, k, cos, sin)      # [S, heads, d] each
     interface = mod.ALL_ATTENTION_FUNCTIONS.get_interface(impl, mod.eager_attention_forward)
     out = None
     for length, n, where in plans.get(cu_seqlens):
@@ -327,6 +354,34 @@ def _batched_attention_forward(self, hidden_states: Tensor, cu_seqlens: Tensor,
     if out is None:                                 # no tokens
         return type(self).forward(self, hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
     return self.proj(out.reshape(seq_length, -1).contiguous())
+
+
+def _fused_rotary(model: nn.Module):
+    """Point every vision attention's batched forward at the Triton rotary kernel; the undo, or the reason it
+    cannot."""
+    visual, attns = _qwen25_attentions(model)
+    mod = _modeling(attns[0])
+    fp = tuple(_fingerprint(getattr(mod, f, None)) for f in ("apply_rotary_pos_emb_vision", "rotate_half"))
+    if fp not in _ROTARY_SOURCES:
+        import transformers
+        return (f"apply_rotary_pos_emb_vision of transformers {transformers.__version__} is not the one checked "
+                f"(transformers {', '.join(_ROTARY_SOURCES.values())}; fingerprints {fp})")
+    from .kernels import cuda_rotary
+    try:
+        rotary = cuda_rotary()
+    except ImportError as e:                        # Triton present but broken
+        return f"Triton cannot be imported: {e}"
+    if not rotary.AVAILABLE:
+        return "Triton is not installed"
+    device = next(visual.parameters()).device.type
+    if device != "cuda" and not (rotary.INTERPRETED and device == "cpu"):
+        return f"a CUDA kernel: the vision tower is on {device}"
+    undos = [_set(attn, _ROTARY_ATTR, rotary) for attn in attns]
+
+    def undo():
+        for u in undos:
+            u()
+    return undo
 
 
 # ------------------------------------------------------------------------------------------- LLaVA-OneVision
@@ -516,10 +571,10 @@ def _aligned_mlp_forward(self, hidden_state: Tensor, *, pads: _PaddedMLP, act: s
 # ------------------------------------------------------------------------------------------------ the table
 
 FAMILIES = {
-    "qwen2_5_vl": (("batched_vision_attention", _qwen25_batched_attention),),
+    "qwen2_5_vl": (("batched_vision_attention", _qwen25_batched_attention), ("fused_rotary", _fused_rotary)),
     "llava_onevision": (("channels_last_pooling", _ov_channels_last_pooling),
                         ("lean_hidden_states", _ov_lean_hidden_states)),
-    "qwen3_vl": (("batched_vision_attention", _qwen25_batched_attention),),
+    "qwen3_vl": (("batched_vision_attention", _qwen25_batched_attention), ("fused_rotary", _fused_rotary)),
 }
 
 # parts that are NOT bitwise equal to stock: offered only by accelerate_vision(model, exact=False)

@@ -248,7 +248,8 @@ def test_qwen_arms_run_accelerate_vision_when_bitwise_equal(tmp_path, monkeypatc
     vision = res["vision_speed"]
     if stock:
         assert not vision["accelerate_vision"] and vision["applied"] == [] and vision["stock_ms"] is None
-        assert vision["skipped"] == {"batched_vision_attention": "--stock-vision"} and not any(patched)
+        assert vision["skipped"] == {p: "--stock-vision" for p in ("batched_vision_attention", "fused_rotary")}
+        assert not any(patched)
         assert "vision: transformers' own (--stock-vision)" in bench_models.markdown([res])
     else:
         assert vision["accelerate_vision"] and vision["bitwise_equal"] is True

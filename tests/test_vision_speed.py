@@ -4,6 +4,10 @@ import copy
 import functools
 import importlib
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,11 @@ from conftest import greedy
 import iwp
 from iwp import vision_speed
 
+try:                                                  # fused_rotary on this CPU machine (no interpreter)
+    import triton  # noqa: F401
+    ROTARY_OFF = {"fused_rotary": "a CUDA kernel: the vision tower is on cpu"}
+except ImportError:
+    ROTARY_OFF = {"fused_rotary": "Triton is not installed"}
 CONFIG_3B = Path(__file__).parent / "fixtures" / "qwen2.5-vl-3b-instruct.config.json"   # the published config.json
 
 
@@ -68,7 +77,7 @@ def test_qwen_batched_attention_is_bitwise_stock(impl):
         stock = _vision(model, grids)
         report = iwp.accelerate_vision(model)
         try:
-            assert report == {"applied": ["batched_vision_attention"], "skipped": {}}
+            assert report == {"applied": ["batched_vision_attention"], "skipped": ROTARY_OFF}
             assert all(_forwards(model))
             fast = _vision(model, grids)
         finally:
@@ -296,7 +305,7 @@ def test_qwen3_batched_attention_is_bitwise_stock_deepstack_included(impl, dtype
         stock = run(grids)
         report = iwp.accelerate_vision(model)
         try:
-            assert report == {"applied": ["batched_vision_attention"], "skipped": {}}
+            assert report == {"applied": ["batched_vision_attention"], "skipped": ROTARY_OFF}
             fast = run(grids)
         finally:
             iwp.stock_vision(model)
@@ -343,10 +352,10 @@ def test_aligned_mlp_is_close_to_stock_and_undone_bitwise():
     snap, ptrs = _snapshot(model), [p.data_ptr() for p in model.parameters()]
     stock = _vision(model, grids)
     try:
-        assert iwp.accelerate_vision(model) == {"applied": ["batched_vision_attention"], "skipped": {}}
+        assert iwp.accelerate_vision(model) == {"applied": ["batched_vision_attention"], "skipped": ROTARY_OFF}
         assert [p.data_ptr() for p in model.parameters()] == ptrs and "forward" not in vars(mlp)   # exact: untouched
         report = iwp.accelerate_vision(model, exact=False)
-        assert report == {"applied": ["batched_vision_attention", "aligned_mlp"], "skipped": {},
+        assert report == {"applied": ["batched_vision_attention", "aligned_mlp"], "skipped": ROTARY_OFF,
                           "inexact": ["aligned_mlp"]}
         # padded in place: same keys and values, the storage 3424 wide, no second copy of the weights
         assert [k for k, *_ in _snapshot(model)] == [k for k, *_ in snap]
@@ -358,7 +367,7 @@ def test_aligned_mlp_is_close_to_stock_and_undone_bitwise():
         assert iwp.accelerate_vision(model, exact=False)["inexact"] == ["aligned_mlp"]       # idempotent
         report = iwp.accelerate_vision(model)             # exact=True takes it off again
         assert report == {"applied": ["batched_vision_attention"],
-                          "skipped": {"aligned_mlp": "not bitwise exact (exact=True)"}}
+                          "skipped": {"aligned_mlp": "not bitwise exact (exact=True)", **ROTARY_OFF}}
         assert _same_params(model, snap) and all(torch.equal(a, b) for a, b in zip(stock, _vision(model, grids)))
         iwp.accelerate_vision(model, exact=False)
         assert iwp.accelerate_vision(model, skip=["aligned_mlp"], exact=False)["inexact"] == []
@@ -466,3 +475,150 @@ def test_vision_bench_inexact_arm_records_its_difference(tiny):
     assert "inexact" not in bench_vision.check_input(model, [(1, 4, 4)], repeats=1)        # default: exact only
     args = bench_vision.parse_args(["--inexact-vision"])
     assert args.inexact_vision and not bench_vision.parse_args([]).inexact_vision
+
+
+# ------------------------------------------------------------------------------------------- fused_rotary
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERPRETED_ROTARY = textwrap.dedent("""
+    import torch
+    import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as q25
+    import transformers.models.qwen3_vl.modeling_qwen3_vl as q3
+    import iwp
+    from iwp.kernels import rotary
+    from tests.test_vision_speed import _qwen_real_vision, _vision, rotary_inputs
+    rotary.ROWS = 1024                    # the interpreter runs a block in numpy: fewer, larger programs
+    bits = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+    # head_dim 80: Qwen2.5-VL (1280 / 16 heads); 72: Qwen3-VL (1152 / 16); odd sequence lengths
+    for dtype in (torch.bfloat16, torch.float32, torch.float16):
+        for (s, heads, d), ref in (((37, 16, 80), q25), ((53, 16, 72), q3), ((9, 3, 8), q25)):
+            q, k, cos, sin = rotary_inputs(s, heads, d, dtype)
+            assert rotary.supports(q, k, cos, sin) is None
+            fused, stock = rotary.apply_rotary(q, k, cos, sin), ref.apply_rotary_pos_emb_vision(q, k, cos, sin)
+            for a, b in zip(fused, stock):
+                assert a.dtype == b.dtype and a.shape == b.shape and a.is_contiguous() and b.is_contiguous()
+                assert torch.equal(a.view(bits[dtype]), b.view(bits[dtype])), (dtype, s, heads, d)
+    # the whole part: a real-config vision tower (2 blocks), the kernel in both blocks' batched attention
+    calls = []
+    kernel = rotary.apply_rotary
+    rotary.apply_rotary = lambda *a: calls.append(a[0].shape) or kernel(*a)
+    model = _qwen_real_vision(depth=2, full=(1,))
+    for dtype, grids in ((torch.float32, [(1, 12, 20), (2, 6, 10)]), (torch.bfloat16, [(3, 6, 10)])):
+        model = model.to(dtype)
+        stock = _vision(model, grids)
+        report = iwp.accelerate_vision(model)
+        assert report == {"applied": ["batched_vision_attention", "fused_rotary"], "skipped": {}}, report
+        fast = _vision(model, grids)
+        iwp.stock_vision(model)
+        assert all(torch.equal(a, b) for a, b in zip(stock, fast)), (dtype, grids)
+        assert all(not hasattr(b.attn, "_iwp_fused_rotary") for b in model.model.visual.blocks)
+    assert len(calls) == 4, calls
+    # Qwen3-VL (tiny): the same part, DeepStack features included
+    model = iwp.models.family("qwen3_vl").tiny()[0].to(torch.bfloat16)
+    vc = model.config.vision_config
+    grids = [(1, 6, 6), (2, 4, 8)]
+    x = torch.randn(100, 3 * vc.temporal_patch_size * vc.patch_size ** 2).to(torch.bfloat16)
+
+    def run():
+        with torch.no_grad():
+            out = model.model.visual(x, grid_thw=torch.tensor(grids))
+        return [out.pooler_output, out.last_hidden_state, *out.deepstack_features]
+    stock = run()
+    calls.clear()
+    assert iwp.accelerate_vision(model)["applied"] == ["batched_vision_attention", "fused_rotary"]
+    fast = run()
+    iwp.stock_vision(model)
+    assert all(torch.equal(a, b) for a, b in zip(stock, fast)) and len(calls) == len(model.model.visual.blocks)
+    print("ok")
+""")
+
+
+def rotary_inputs(s, heads, d, dtype, seed=0):
+    """q, k as the vision attention slices them from qkv ([S, heads, d] views, token stride 3 * heads * d),
+    cos, sin of a float32 [S, d] angle table whose halves repeat, as the vision transformers build them."""
+    g = torch.Generator().manual_seed(seed + s)
+    q, k, _ = torch.randn(s, 3, heads, d, generator=g).to(dtype).permute(1, 0, 2, 3).unbind(0)
+    angles = torch.rand(s, d // 2, generator=g) * s
+    emb = torch.cat([angles, angles], dim=-1)
+    return q, k, emb.cos(), emb.sin()
+
+
+def test_fused_rotary_in_the_interpreter_is_bitwise_transformers():
+    """The Triton kernel run by Triton's interpreter (CPU) against transformers' apply_rotary_pos_emb_vision,
+    and the fused_rotary part on a real-config vision tower against stock (bfloat16 and float32)."""
+    pytest.importorskip("triton")
+    path = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
+    out = subprocess.run([sys.executable, "-c", INTERPRETED_ROTARY], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_fused_rotary_compiles_for_hopper_without_fma():
+    """Compiled for sm_90 the kernel rounds the products and the sum separately (mul.rn / add.rn, as torch's
+    elementwise kernels do); with fp fusion on (Triton's default) it would contract them into FMAs."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from iwp.kernels import rotary
+    signature = dict(q_ptr="*bf16", k_ptr="*bf16", cos_ptr="*fp32", sin_ptr="*fp32", oq_ptr="*bf16",
+                     ok_ptr="*bf16", **{n: "i32" for n in ("rows", "heads", "qs_s", "qs_h", "ks_s", "ks_h",
+                                                           "cs_s", "ss_s")})
+    constants = {"HALF": 40, "BH": 64, "ROWS": rotary.ROWS, "MODE": 0}
+    signature.update({name: "constexpr" for name in constants})
+    ptx = {}
+    for fusion in (False, True):
+        try:
+            src = ASTSource(fn=rotary._rotary_kernel, signature=signature, constexprs=constants)
+            ptx[fusion] = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                         options={"enable_fp_fusion": fusion}).asm["ptx"]
+        except FileNotFoundError as e:                           # no ptxas in this Triton install
+            pytest.skip(f"cannot compile for sm_90 here: {e}")
+    assert "fma." not in ptx[False] and "mul.rn.f32" in ptx[False] and "add.rn.f32" in ptx[False]
+    assert ".ftz" not in ptx[False]                              # subnormals kept, as torch's kernels keep them
+    assert "fma.rn.f32" in ptx[True]                             # the check above can fail
+
+
+def test_fused_rotary_takes_only_what_it_computes_exactly(monkeypatch):
+    pytest.importorskip("triton")
+    from iwp.kernels import rotary
+    q, k, cos, sin = rotary_inputs(7, 4, 16, torch.bfloat16)
+    assert "CUDA" in rotary.supports(q, k, cos, sin)             # CPU tensors, no interpreter
+    monkeypatch.setattr(rotary, "INTERPRETED", True)
+    assert rotary.supports(q, k, cos, sin) is None
+    assert "dtype" in rotary.supports(q.double(), k.double(), cos, sin)
+    assert "dtype" in rotary.supports(q, k.float(), cos, sin)
+    assert "tables" in rotary.supports(q, k, cos[:, None], sin[:, None])
+    assert "tables" in rotary.supports(q[..., :15], k[..., :15], cos[:, :15], sin[:, :15])   # odd head_dim
+    assert "tables" in rotary.supports(q, k, cos.double(), sin.double())
+    qg = q.detach().requires_grad_()
+    assert "gradients" in rotary.supports(qg, k, cos, sin)
+    with torch.no_grad():
+        assert rotary.supports(qg, k, cos, sin) is None
+
+
+def test_fused_rotary_needs_the_batched_attention_and_is_undone(tiny, monkeypatch):
+    pytest.importorskip("triton")
+    from iwp.kernels import rotary
+    model, _ = tiny("qwen2_5_vl")
+    attns = [b.attn for b in model.model.visual.blocks]
+    monkeypatch.setattr(rotary, "INTERPRETED", True)             # as if on CUDA: applied (no forward runs here)
+    try:
+        assert iwp.accelerate_vision(model)["applied"] == ["batched_vision_attention", "fused_rotary"]
+        assert all(vars(a)["_iwp_fused_rotary"] is rotary for a in attns)
+        report = iwp.accelerate_vision(model, skip=["batched_vision_attention"])
+        assert report == {"applied": [], "skipped": {
+            "batched_vision_attention": "skipped on request",
+            "fused_rotary": "runs inside batched_vision_attention, which is not applied"}}
+        assert not any("_iwp_fused_rotary" in vars(a) for a in attns) and not hasattr(model, "_iwp_vision")
+        iwp.accelerate_vision(model)
+        monkeypatch.setattr(vision_speed, "_ROTARY_SOURCES", {})
+        report = iwp.accelerate_vision(model, skip=["fused_rotary"])
+        assert report["applied"] == ["batched_vision_attention"]
+        assert not any("_iwp_fused_rotary" in vars(a) for a in attns)
+        report = iwp.accelerate_vision(model)                    # another transformers' rotary: not fused
+        assert "not the one checked" in report["skipped"]["fused_rotary"]
+    finally:
+        iwp.stock_vision(model)
+    assert not any(vars(a).get("_iwp_fused_rotary") or "forward" in vars(a) for a in attns)

@@ -1,5 +1,5 @@
-"""Triton kernels for CUDA: PC-MMR (pc_mmr.py). Importing this package imports no Triton; cuda_pc_mmr()
-does, the first time a CUDA run needs the kernels."""
+"""Triton kernels for CUDA: PC-MMR (pc_mmr.py), the vision rotary embedding (rotary.py). Importing this package
+imports no Triton; cuda_pc_mmr() / cuda_rotary() do, the first time a CUDA run needs the kernels."""
 
 MAX_POOL = 254           # candidates per step at most: larger pools cost more than the steps they save
 SORT_CHUNK = 2048        # tokens each program of the ranking kernel sorts
@@ -10,3 +10,9 @@ def cuda_pc_mmr():
     """The kernels' module (imports Triton); its AVAILABLE says whether Triton is installed."""
     from . import pc_mmr
     return pc_mmr
+
+
+def cuda_rotary():
+    """The fused vision rotary module (imports Triton); its AVAILABLE says whether Triton is installed."""
+    from . import rotary
+    return rotary
