@@ -73,8 +73,9 @@ def test_training_batch_and_short_context_forward():
     pixels, ids, labels, targets, asked = train2.batch(2, gen, 2)
     assert asked.shape == (2, 2, S.N_TOKENS) and targets.shape == (2, S.N_TOKENS, 5)
     probe = train2.AttentionProbe(model, 4, question_probe=True)
-    loss, kept_ids, kept_asked = train2.short_forward(model, ids, pixels, labels, targets, asked, 24, gen)
+    loss, kept_ids, kept_asked, picked = train2.short_forward(model, ids, pixels, labels, targets, asked, 24, gen)
     assert kept_ids.shape[1] == 1 + 24 + (ids.shape[1] - 1 - S.N_TOKENS) and kept_asked.shape == (2, 2, 24)
+    assert picked.shape == (2, 24) and (kept_ids[:, 1:25] == S.IMAGE_TOKEN).all()
     # every asked object token survives the cut (objects are kept first)
     assert (kept_asked.sum(-1) == asked.sum(-1)).all()
     attn = probe.loss(kept_ids, kept_asked)
@@ -155,3 +156,35 @@ def test_question_probe_targets_are_each_turns_own_words():
     words0, words1 = qs[0].text(0).split(), qs[1].text(0).split()
     assert colour == [S.COLOR_NAMES.index(words0[-2]), -1] and shape == [S.SHAPES.index(words0[-1]), -1]
     assert digit == [-1, int(words1[-1])]
+
+
+def test_word_probe_targets_the_tokens_showing_each_question_word():
+    """WordProbe: each colour / shape / digit word of a question (not an answer) is a query, and its targets
+    are the visual tokens whose object has that attribute; with the kept tokens of a short context too."""
+    from iwp.toy import train2
+    torch.manual_seed(0)
+    model = build.build_model(2).train()
+    gen = torch.Generator().manual_seed(1)
+    pixels, ids, labels, targets, asked = train2.batch(2, gen, 3)
+    words = train2.WordProbe(model, 1)
+    loss, kept_ids, kept_asked, picked = train2.short_forward(model, ids, pixels, labels, targets, asked, 24, gen)
+    attrs = train2.visual_attributes(targets, 2, picked)
+    assert attrs.shape == (2, 24, 3)
+    full = train2.visual_attributes(targets, 2, None)
+    assert torch.equal(attrs, full.gather(1, picked[..., None].expand(-1, -1, 3)))
+    b, p, target = train2.WordProbe.targets(kept_ids, attrs)
+    assert b.numel() > 0
+    for i in range(b.numel()):
+        word = S.WORDS[int(kept_ids[b[i], p[i]])]
+        assert S.WORDS[int(kept_ids[b[i], p[i] - 1])] != "<sep>"                    # a question word, no answer
+        j, v = ((0, S.COLOR_NAMES.index(word)) if word in S.COLOR_NAMES else
+                (1, S.SHAPES.index(word)) if word in S.SHAPES else (2, S.DIGITS.index(word)))
+        assert torch.equal(target[i], attrs[b[i], :, j] == v)
+    value = words.loss(kept_ids, attrs)
+    assert torch.isfinite(value) and value > 0
+    value.backward()
+    assert model.model.language_model.layers[1].self_attn.q_proj.weight.grad.abs().sum() > 0
+    # a row without question words gives 0, not NaN
+    model(input_ids=ids, pixel_values=pixels)
+    no_words = torch.where(ids >= S.VOCAB[S.COLOR_NAMES[0]], S.VOCAB["what"], ids)
+    assert words.loss(no_words, full).item() == 0.0

@@ -4,7 +4,9 @@ The recipe, fixed before any selector was run on the model: every step one batch
 8-frame videos drawn on the GPU from a generator seeded with --seed (the val/test splits use their own
 seeds, drawn on CPU, and are never trained on), `--turns` question-answer turns per scene, AdamW with linear
 warm-up and cosine decay, bf16 autocast, and training-only linear probes on the projected visual tokens
-(colour, shape, digit of the object in the patch, row, column; not saved). With --time-budget the number of
+(colour, shape, digit of the object in the patch, row, column; not saved), optionally attention supervision
+(--attn: <sep> onto the asked objects; --gather-layer: <sep> onto its question's words; --word-layer: each
+question word onto the visual tokens showing it). With --time-budget the number of
 steps is fixed at step 50 to fit the budget. At the end: full-token accuracy per kind on the test split,
 then model + processor + train_report.json in --out.
 """
@@ -163,6 +165,66 @@ class AttentionProbe:
         return loss
 
 
+def visual_attributes(targets: torch.Tensor, n: int, picked: torch.Tensor | None) -> torch.Tensor:
+    """[n, visual tokens, 3]: colour, shape, digit of the object on each (kept) visual token, frames in order
+    (len(COLORS), len(SHAPES), 10 where there is none); targets as batch() returns them ([n*F, N, 5])."""
+    attrs = targets[..., :3].reshape(n, -1, 3)
+    return attrs if picked is None else attrs.gather(1, picked[..., None].expand(-1, -1, 3))
+
+
+class WordProbe:
+    """Training-only supervision where the question's words sit: at each colour, shape or digit word of a
+    question, head 0 of decoder layer `layer` is taught to attend over the visual tokens to those showing
+    that attribute (a cross-entropy on the head's RoPE'd q.k logits). The CPU diagnosis behind it: with the
+    word itself as the query this match is learnt in about 100 steps, while a head at <sep>, which must first
+    gather the question, stayed spread over all objects in every variant tried (assets/benchmarks/
+    toy2-train.json). Use a layer below the benchmark's K = 2 or after it; layer 2 itself is never shaped."""
+
+    def __init__(self, model, layer: int):
+        self.layer = model.model.language_model.layers[layer]
+        self.captured = []
+        self.layer.register_forward_pre_hook(self._capture, with_kwargs=True)
+
+    def _capture(self, module, args, kwargs):
+        if module.training:
+            self.captured.append((args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"]))
+
+    @staticmethod
+    def targets(ids: torch.Tensor, attrs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows b, positions p, target [P, visual tokens]) of every question word naming an attribute."""
+        L, n_vis = ids.shape[1], attrs.shape[1]
+        firsts = [S.VOCAB[S.COLOR_NAMES[0]], S.VOCAB[S.SHAPES[0]], S.VOCAB[S.DIGITS[0]]]
+        sizes = [len(S.COLORS), len(S.SHAPES), 10]
+        prev = torch.cat([ids[:, :1], ids[:, :-1]], 1)
+        kind = torch.full_like(ids, -1)
+        for j, (f, n) in enumerate(zip(firsts, sizes)):
+            kind = torch.where((ids >= f) & (ids < f + n), j, kind)
+        pos = torch.arange(L, device=ids.device)[None]
+        query = (kind >= 0) & (pos > n_vis) & (prev != S.SEP)            # question words, not answers
+        b, p = query.nonzero(as_tuple=True)
+        j = kind[b, p]
+        value = ids[b, p] - torch.tensor(firsts, device=ids.device)[j]
+        target = attrs[b].gather(2, j[:, None, None].expand(-1, n_vis, 1))[..., 0] == value[:, None]
+        return b, p, target
+
+    def loss(self, ids: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        hidden, (cos, sin) = self.captured.pop()
+        attn = self.layer.self_attn
+        d = attn.head_dim
+        B, n_vis = ids.shape[0], attrs.shape[1]
+        b, p, target = self.targets(ids, attrs)
+        if b.numel() == 0:
+            return torch.zeros((), device=ids.device)
+        x = self.layer.input_layernorm(hidden)
+        cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
+        q = _rope(attn.q_proj(x[b, p])[..., :d], cos[b, p], sin[b, p])                        # [P, d]
+        vis = slice(1, 1 + n_vis)
+        k = _rope(attn.k_proj(x[:, vis])[..., :d], cos[:, vis], sin[:, vis])                  # [B, n_vis, d]
+        logits = torch.einsum("pd,pnd->pn", q.float(), k[b].float()) / d ** 0.5
+        hit = logits.masked_fill(~target, float("-inf")).logsumexp(-1)
+        return _masked_mean(-(hit - logits.logsumexp(-1)), target.any(-1))
+
+
 @torch.no_grad()
 def accuracy(model, n: int, seed: int, frames: int, chunk: int = 50, kinds=None) -> dict[str, float]:
     """First-answer-token accuracy per kind with every visual token, on n scenes of the split `seed` (CPU-drawn)."""
@@ -186,7 +248,8 @@ def accuracy(model, n: int, seed: int, frames: int, chunk: int = 50, kinds=None)
 def short_forward(model, ids, pixels, labels, targets, asked, keep: int, gen: torch.Generator):
     """The LM loss on a shortened context (curriculum): per frame only `keep` visual tokens reach the
     language model, every object token first and random background tokens for the rest, at their original
-    positions (as the pruning hook keeps them). Returns (loss, ids and asked mask of the kept sequence)."""
+    positions (as the pruning hook keeps them). Returns (loss, ids and asked mask of the kept sequence, the kept
+    visual tokens' indices [B, F*keep])."""
     B, L = ids.shape
     n_vis = asked.shape[-1]
     frames = n_vis // S.N_TOKENS
@@ -207,7 +270,7 @@ def short_forward(model, ids, pixels, labels, targets, asked, keep: int, gen: to
     logits = model.lm_head(hidden[:, :-1]).float()
     lab = labels.gather(1, idx)[:, 1:]
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), lab.flatten(), ignore_index=-100)
-    return loss, ids.gather(1, idx), asked.gather(2, picked[:, None].expand(-1, asked.shape[1], -1))
+    return loss, ids.gather(1, idx), asked.gather(2, picked[:, None].expand(-1, asked.shape[1], -1)), picked
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -225,6 +288,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--attn-layer", type=int, default=4)
     p.add_argument("--gather-layer", type=int, default=None,
                    help="also supervise this layer's head 0 at <sep> to attend to the question's words")
+    p.add_argument("--word-layer", type=int, default=None,
+                   help="also supervise this layer's head 0 at each question word (colour, shape, digit) to attend "
+                        "to the visual tokens showing it")
+    p.add_argument("--word", type=float, default=1.0, help="weight of the --word-layer supervision")
     p.add_argument("--question-probe", action="store_true",
                    help="also a training-only linear probe on <sep> (at --attn-layer) for the question's words")
     p.add_argument("--short-steps", type=int, default=0,
@@ -253,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.load_state_dict(init.state_dict())
     model = model.to(dev).train()
     probe = AttentionProbe(model, args.attn_layer, args.question_probe, args.gather_layer) if args.attn > 0 else None
+    words = WordProbe(model, args.word_layer) if args.word_layer is not None else None
     print(f"params {sum(x.numel() for x in model.parameters()) / 1e6:.2f} M on {dev}", flush=True)
     aux = Aux(model.config.text_config.hidden_size).to(dev)
     captured = []
@@ -281,13 +349,15 @@ def main(argv: list[str] | None = None) -> dict:
             pixels, ids, labels, targets, asked = batch(n, gen, args.turns, frames)
             with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
                 if step < args.short_steps:
-                    loss, kept_ids, kept_asked = short_forward(model, ids, pixels, labels, targets, asked,
-                                                               args.short_keep, gen)
+                    loss, kept_ids, kept_asked, picked = short_forward(model, ids, pixels, labels, targets, asked,
+                                                                       args.short_keep, gen)
                 else:  # right padding only and a causal mask: no attention mask needed (flash attention)
                     loss = model(input_ids=ids, pixel_values=pixels, labels=labels).loss
-                    kept_ids, kept_asked = ids, asked
+                    kept_ids, kept_asked, picked = ids, asked, None
                 aux_loss = aux(captured.pop(), targets)
                 attn_loss = probe.loss(kept_ids, kept_asked) if probe else torch.zeros((), device=dev)
+                if words is not None:
+                    attn_loss = attn_loss + args.word * words.loss(kept_ids, visual_attributes(targets, n, picked))
             (loss + args.aux * aux_loss + args.attn * attn_loss).backward()
             losses += [loss.detach(), aux_loss.detach(), attn_loss.detach()]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
