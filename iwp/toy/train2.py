@@ -7,7 +7,7 @@ warm-up and cosine decay, bf16 autocast, and training-only linear probes on the 
 (colour, shape, digit of the object in the patch, row, column; not saved), optionally attention supervision
 (--attn: <sep> onto the asked objects; --gather-layer: <sep> onto its question's words; --word-layer: each
 question word onto the visual tokens showing it). With --time-budget the number of
-steps is fixed at step 50 to fit the budget. At the end: full-token accuracy per kind on the test split,
+steps is fixed at step 100 (from the rate of steps 50-100) to fit the budget. At the end: full-token accuracy per kind on the test split,
 then model + processor + train_report.json in --out.
 """
 from __future__ import annotations
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--full-cost", type=float, default=5.0)
     p.add_argument("--init", default=None, help="continue from this saved v2 model (warm start)")
     p.add_argument("--time-budget", type=float, default=0,
-                   help="seconds; if >0, cut --steps to fit (decided at step 50)")
+                   help="seconds; if >0, cut --steps to fit (decided at step 100)")
     p.add_argument("--eval-n", type=int, default=1000, help="test images at the end")
     p.add_argument("--eval-videos", type=int, default=400, help="test videos at the end")
     p.add_argument("--log-every", type=int, default=100)
@@ -364,14 +364,16 @@ def main(argv: list[str] | None = None) -> dict:
         opt.step()
         running.append(torch.stack(losses))
         step += 1
-        if step == 50 and args.time_budget > 0:
-            rate = 50 / (time.time() - t0)
+        if step == 50:
+            t50 = time.time()
+        if step == 100 and args.time_budget > 0:   # the rate after warm-up (the first steps compile, allocate)
+            rate = 50 / (time.time() - t50)
             if args.short_frac > 0:      # short steps at `rate`, full ones args.full_cost times slower
                 per_step = args.short_frac + (1 - args.short_frac) * args.full_cost
-                steps = min(steps, int(args.time_budget * rate / per_step))
+                steps = min(steps, int((args.time_budget - (time.time() - t0)) * rate / per_step) + step)
                 args.short_steps = int(args.short_frac * steps)
             else:
-                steps = min(steps, int(args.time_budget * rate))
+                steps = min(steps, int((args.time_budget - (time.time() - t0)) * rate) + step)
             say(f"{rate:.2f} steps/s -> {steps} steps ({args.short_steps} short)")
         if step % args.log_every == 0 or step == steps:
             m = torch.stack(running).mean(0).tolist()
