@@ -11,12 +11,12 @@ Without CUDA (a dry run: TRITON_INTERPRET=1 python scripts/gpu_rotary.py out.jso
 import json
 import statistics
 import sys
-import time
 
 import torch
 
 import iwp
 from iwp.bench import vision as bench_vision
+from iwp.bench.real_size import time_ms
 from iwp.kernels import cuda_rotary
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision as stock
 
@@ -27,19 +27,8 @@ BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: 
 
 
 def median_ms(fn, n=20):
-    if DEV == "cpu":
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-    out = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
+    """Median of n timed calls after a warm-up (iwp.bench's timer: CUDA events, the host clock on CPU)."""
+    return time_ms(fn, n, DEV)
 
 
 def inputs(s, heads, d, dtype, seed=0):

@@ -504,14 +504,15 @@ def _pooling_input(model, pixel_values_videos: torch.Tensor) -> torch.Tensor:
     return seen[0]
 
 
-def _time_ms(model, fn, repeats: int) -> float:
+def time_ms(fn, repeats: int, device) -> float:
     """Median time of fn() in ms after one warm-up call: CUDA events on a GPU, the host clock on CPU."""
+    cuda = torch.device(device).type == "cuda"
     times = []
     with torch.no_grad():
         fn()
         for _ in range(repeats):
-            _sync(model)
-            if model.device.type == "cuda":
+            if cuda:
+                torch.cuda.synchronize(device)
                 a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 a.record()
                 fn()
@@ -523,6 +524,10 @@ def _time_ms(model, fn, repeats: int) -> float:
                 fn()
                 times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
+
+
+def _time_ms(model, fn, repeats: int) -> float:
+    return time_ms(fn, repeats, model.device)
 
 
 def set_pooling(model, prompt: Prompt, stock: bool = False, repeats: int = 5) -> dict | None:
