@@ -11,6 +11,4 @@ step qwen7b 120 python -m iwp.bench models --model-shape qwen2.5-vl-7b --input v
   --json "$W/models-qwen2.5-vl-7b-{input}-{gpu}-stock-arm-rotary.json"
 step ladder 110 python scripts/ladder_gpu.py --out "$W/ladder-gpu.json"
 step tests 40 python -m pytest -q -x tests/test_vision_speed.py -k "rotary"
-python -m iwp.bench models --report "$W"/models-*.json > "$W/summary.md" 2>&1
-cp "$W/summary.md" "$OUT/summary.md" 2>/dev/null
-log done
+finish

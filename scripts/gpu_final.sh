@@ -11,7 +11,4 @@ step qwen3 110 python -m iwp.bench models --model-shape qwen3-vl-8b --input vide
   --layer 2 --stock-arm --repeats 5 --warmup 1 --new-tokens 16 --time-budget 40 \
   --json "$W/models-qwen3-vl-8b-{input}-{gpu}-stock-arm.json"
 step demo_runner 110 python scripts/gpu_demo_runner.py --budget-s 80 --rounds 2 --out "$W/demo-runner-accelerated-h200.json"
-python -m iwp.bench models --report "$W"/models-*.json > "$W/summary.md" 2>&1
-python scripts/gpu_demo_runner.py --report "$W/demo-runner-accelerated-h200.json" >> "$W/summary.md" 2>&1
-cp "$W/summary.md" "$OUT/summary.md" 2>/dev/null
-log done
+finish

@@ -10,6 +10,4 @@ step ov7b 170 python -m iwp.bench models --model-shape llava-onevision-7b --inpu
   --ratios 1.0,0.111 --layer 2 --repeats 5 --warmup 1 --new-tokens 16 --time-budget 60 --profile \
   --json "$W/models-llava-onevision-7b-{input}-{gpu}.json"
 step ladder 100 python scripts/ladder_gpu.py --out "$W/ladder-gpu.json"
-python -m iwp.bench models --report "$W"/models-*.json > "$W/summary.md" 2>&1
-cp "$W/summary.md" "$OUT/summary.md" 2>/dev/null
-log done
+finish

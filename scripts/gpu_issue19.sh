@@ -13,6 +13,4 @@ step qwen7b_aligned 130 python -m iwp.bench models --model-shape qwen2.5-vl-7b -
   --json "$W/models-qwen2.5-vl-7b-{input}-{gpu}-stock-arm-aligned.json"
 step decode 110 python scripts/profile_decode.py --model-shape llava-onevision-0.5b --input image \
   --arms none,iwp@1.0,iwp@0.111 --rounds 9 --new-tokens 64 --json "$W/profile-decode-llava-onevision-0.5b-image-h200.json"
-python -m iwp.bench models --report "$W"/models-*.json > "$W/summary.md" 2>&1
-cp "$W/summary.md" "$OUT/summary.md" 2>/dev/null
-log done
+finish

@@ -20,3 +20,12 @@ step() {
 pack() { tar czf "$OUT/results.tgz" -C "$W" . 2>/dev/null; }
 trap pack EXIT
 log "$(nvidia-smi --query-gpu=name --format=csv,noheader) $(python -c 'import torch, transformers; print(torch.__version__, transformers.__version__)')"
+# finish: the markdown summary of every models-*.json and demo-runner*.json result, copied to $OUT.
+finish() {
+  python -m iwp.bench models --report "$W"/models-*.json > "$W/summary.md" 2>&1
+  for f in "$W"/demo-runner*.json; do
+    [ -e "$f" ] && python scripts/gpu_demo_runner.py --report "$f" >> "$W/summary.md" 2>&1
+  done
+  cp "$W/summary.md" "$OUT/summary.md" 2>/dev/null
+  log done
+}

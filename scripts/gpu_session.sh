@@ -19,7 +19,4 @@ step qwen3 95 python -m iwp.bench models --model-shape qwen3-vl-8b --input video
   --ratios 1.0,0.222,0.111 --layer 2 --repeats 5 --warmup 1 --new-tokens 16 --time-budget 30 \
   --json "$W/models-qwen3-vl-8b-{input}-{gpu}.json"
 step demo_runner 90 python scripts/gpu_demo_runner.py --budget-s 70 --rounds 2 --out "$W/demo-runner-h200.json"
-python -m iwp.bench models --report "$W"/models-*.json > "$W/summary.md" 2>&1
-python scripts/gpu_demo_runner.py --report "$W/demo-runner-h200.json" >> "$W/summary.md" 2>&1
-cp "$W/summary.md" "$OUT/summary.md" 2>/dev/null
-log done
+finish
