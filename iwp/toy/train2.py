@@ -65,6 +65,52 @@ def _rope(t: torch.Tensor, c: torch.Tensor, s_: torch.Tensor) -> torch.Tensor:
     return t * c + torch.cat([-t[..., half:], t[..., :half]], -1) * s_
 
 
+def _attention_ce(logits: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of attention logits [..., K] onto the target keys (any of them), over the allowed keys;
+    the mean over queries that have a target."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    hit = logits.masked_fill(~target, float("-inf")).logsumexp(-1)
+    return _masked_mean(-(hit - logits.logsumexp(-1)), target.any(-1))
+
+
+def _attribute_words(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token: which attribute it names (0 colour, 1 shape, 2 digit; -1 none) and its value in that class."""
+    kind, value = torch.full_like(ids, -1), torch.zeros_like(ids)
+    for j, words in enumerate((S.COLOR_NAMES, S.SHAPES, S.DIGITS)):
+        first = S.VOCAB[words[0]]
+        hit = (ids >= first) & (ids < first + len(words))
+        kind, value = torch.where(hit, j, kind), torch.where(hit, ids - first, value)
+    return kind, value
+
+
+class _Head0:
+    """Head 0 of one decoder layer, seen from the training loop: a pre-hook keeps the layer's input of each
+    training forward; pop() takes the last one."""
+
+    def __init__(self, layer):
+        self.layer, self.captured = layer, []
+        layer.register_forward_pre_hook(self._capture, with_kwargs=True)
+        self.d = layer.self_attn.head_dim
+
+    def _capture(self, module, args, kwargs):
+        if module.training:
+            self.captured.append((args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"]))
+
+    def pop(self, batch: int):
+        """(x, q, k) of the last captured forward: the attention's normalised input [B, L, D], and functions
+        q(rows, positions) / k(rows, positions) giving this head's RoPE'd float32 queries / keys there (rows and
+        positions index [B, L])."""
+        hidden, (cos, sin) = self.captured.pop()
+        x = self.layer.input_layernorm(hidden)
+        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
+
+        def at(proj):
+            return lambda rows, positions: _rope(proj(x[rows, positions])[..., :self.d],
+                                                 cos[rows, positions], sin[rows, positions]).float()
+        return x, at(self.layer.self_attn.q_proj), at(self.layer.self_attn.k_proj)
+
+
 class AttentionProbe:
     """Training-only attention supervision: at each <sep> (where an answer is predicted), head 0 of decoder
     layer `layer` is taught to put its attention over the visual tokens on the tokens of the objects the
@@ -73,71 +119,38 @@ class AttentionProbe:
     circuit a direct signal. It is a layer after the benchmark's K = 2, so layer 2 is never shaped directly."""
 
     def __init__(self, model, layer: int, question_probe: bool = False, gather_layer: int | None = None):
-        self.layer = model.model.language_model.layers[layer]
-        self.captured = []
-        self.layer.register_forward_pre_hook(self._capture, with_kwargs=True)
+        layers = model.model.language_model.layers
+        self.head = _Head0(layers[layer])
         # optional first hop: at each <sep>, head 0 of `gather_layer` is taught to attend to the content words
         # (colour, shape, digit) of its own question, so the answer position carries the question by layer 4
-        self.gather = model.model.language_model.layers[gather_layer] if gather_layer is not None else None
-        self.gathered = []
-        if self.gather is not None:
-            self.gather.register_forward_pre_hook(self._capture_gather, with_kwargs=True)
+        self.gather = _Head0(layers[gather_layer]) if gather_layer is not None else None
         # optional: a linear probe on <sep> for the question's colour, shape and digit words
         dim = model.config.text_config.hidden_size
         self.question_head = torch.nn.Linear(dim, len(S.COLORS) + len(S.SHAPES) + 10) if question_probe else None
 
-    def _capture(self, module, args, kwargs):
-        if module.training:
-            self.captured.append((args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"]))
-
-    def _capture_gather(self, module, args, kwargs):
-        if module.training:
-            self.gathered.append((args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"]))
-
     def gather_loss(self, ids: torch.Tensor, n_vis: int) -> torch.Tensor:
         """Cross-entropy of `gather_layer` head 0's causal attention at each <sep> onto its question's words."""
-        hidden, (cos, sin) = self.gathered.pop()
-        attn = self.gather.self_attn
-        d = attn.head_dim
         B, L = ids.shape
-        x = self.gather.input_layernorm(hidden)
+        _, q_at, k_at = self.gather.pop(B)
         sep = (ids == S.SEP).nonzero()[:, 1].view(B, -1)                     # [B, T]
         T = sep.shape[1]
         ar = torch.arange(B, device=ids.device)[:, None]
-        cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
-        q = _rope(attn.q_proj(x[ar, sep])[..., :d], cos[ar, sep], sin[ar, sep])            # [B, T, d]
-        k = _rope(attn.k_proj(x)[..., :d], cos, sin)                                     # [B, L, d]
-        logits = (q.float() @ k.float().transpose(1, 2)) / d ** 0.5                      # [B, T, L]
+        q, k = q_at(ar, sep), k_at(slice(None), slice(None))                             # [B, T, d], [B, L, d]
+        logits = (q @ k.transpose(1, 2)) / self.gather.d ** 0.5                         # [B, T, L]
         pos = torch.arange(L, device=ids.device)[None, None]
-        causal = pos <= sep[..., None]
         turn = torch.cumsum(ids == S.EOS, 1)                                             # question t in turn t
-        first = S.VOCAB[S.COLOR_NAMES[0]]
-        content = (ids >= first) & (ids < S.VOCAB["yes"])                               # colour, shape, digit words
+        content = _attribute_words(ids)[0] >= 0                                          # colour, shape, digit words
         target = content[:, None] & (turn[:, None] == torch.arange(T, device=ids.device)[None, :, None]) \
             & (pos > n_vis) & (pos < sep[..., None])
-        logits = logits.masked_fill(~causal, float("-inf"))
-        hit = logits.masked_fill(~target, float("-inf")).logsumexp(-1)
-        valid = target.any(-1)
-        return _masked_mean(-(hit - logits.logsumexp(-1)), valid)
+        return _attention_ce(logits, target, allowed=pos <= sep[..., None])
 
     def loss(self, ids: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
-        hidden, (cos, sin) = self.captured.pop()
-        attn = self.layer.self_attn
-        d = attn.head_dim
         B, T, n_vis = asked.shape
-        x = self.layer.input_layernorm(hidden)
+        x, q_at, k_at = self.head.pop(B)
         sep = (ids == S.SEP).nonzero()[:, 1].view(B, T)                      # each row has `turns` <sep>s
         ar = torch.arange(B, device=ids.device)[:, None]
-        cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
-
-        rope = _rope
-        q = rope(attn.q_proj(x[ar, sep])[..., :d], cos[ar, sep], sin[ar, sep])           # [B, T, d]
-        vis = slice(1, 1 + n_vis)
-        k = rope(attn.k_proj(x[:, vis])[..., :d], cos[:, vis], sin[:, vis])             # [B, N, d]
-        logits = (q.float() @ k.float().transpose(1, 2)) / d ** 0.5                    # [B, T, N]
-        hit = logits.masked_fill(~asked, float("-inf")).logsumexp(-1)
-        valid = asked.any(-1)
-        loss = _masked_mean(-(hit - logits.logsumexp(-1)), valid)
+        q, k = q_at(ar, sep), k_at(slice(None), slice(1, 1 + n_vis))                  # [B, T, d], [B, N, d]
+        loss = _attention_ce((q @ k.transpose(1, 2)) / self.head.d ** 0.5, asked)     # [B, T, N] logits
         if self.question_head is not None:
             loss = loss + self._question_loss(x[ar, sep], ids, sep, n_vis)
         if self.gather is not None:
@@ -150,15 +163,14 @@ class AttentionProbe:
         B, L = ids.shape
         pos = torch.arange(L, device=ids.device)[None]
         turn = torch.cumsum(ids == S.EOS, 1)                                   # question t lies in turn t
+        kind, value = _attribute_words(ids)
         logits = self.question_head(x_sep.float()).split([len(S.COLORS), len(S.SHAPES), 10], -1)
         loss = 0.0
-        for words, lg in ((S.COLOR_NAMES, logits[0]), (S.SHAPES, logits[1]), (S.DIGITS, logits[2])):
-            first = S.VOCAB[words[0]]
-            is_word = (ids >= first) & (ids < first + len(words))
+        for j, lg in enumerate(logits):
             targets = []
             for t in range(sep.shape[1]):
-                mine = (turn == t) & (pos > n_vis) & (pos < sep[:, t:t + 1]) & is_word
-                targets.append(torch.where(mine, ids - first, -1).max(1).values)
+                mine = (turn == t) & (pos > n_vis) & (pos < sep[:, t:t + 1]) & (kind == j)
+                targets.append(torch.where(mine, value, -1).max(1).values)
             target = torch.stack(targets, 1)                                     # [B, T], -1: none
             if (target >= 0).any():                  # video questions carry no digit word, for one
                 loss = loss + torch.nn.functional.cross_entropy(lg.flatten(0, 1), target.flatten(), ignore_index=-1)
@@ -181,48 +193,29 @@ class WordProbe:
     toy2-train.json). Use a layer below the benchmark's K = 2 or after it; layer 2 itself is never shaped."""
 
     def __init__(self, model, layer: int):
-        self.layer = model.model.language_model.layers[layer]
-        self.captured = []
-        self.layer.register_forward_pre_hook(self._capture, with_kwargs=True)
-
-    def _capture(self, module, args, kwargs):
-        if module.training:
-            self.captured.append((args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"]))
+        self.head = _Head0(model.model.language_model.layers[layer])
 
     @staticmethod
     def targets(ids: torch.Tensor, attrs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows b, positions p, target [P, visual tokens]) of every question word naming an attribute."""
         L, n_vis = ids.shape[1], attrs.shape[1]
-        firsts = [S.VOCAB[S.COLOR_NAMES[0]], S.VOCAB[S.SHAPES[0]], S.VOCAB[S.DIGITS[0]]]
-        sizes = [len(S.COLORS), len(S.SHAPES), 10]
+        kind, value = _attribute_words(ids)
         prev = torch.cat([ids[:, :1], ids[:, :-1]], 1)
-        kind = torch.full_like(ids, -1)
-        for j, (f, n) in enumerate(zip(firsts, sizes)):
-            kind = torch.where((ids >= f) & (ids < f + n), j, kind)
         pos = torch.arange(L, device=ids.device)[None]
-        query = (kind >= 0) & (pos > n_vis) & (prev != S.SEP)            # question words, not answers
-        b, p = query.nonzero(as_tuple=True)
+        b, p = ((kind >= 0) & (pos > n_vis) & (prev != S.SEP)).nonzero(as_tuple=True)   # question words, not answers
         j = kind[b, p]
-        value = ids[b, p] - torch.tensor(firsts, device=ids.device)[j]
-        target = attrs[b].gather(2, j[:, None, None].expand(-1, n_vis, 1))[..., 0] == value[:, None]
+        target = attrs[b].gather(2, j[:, None, None].expand(-1, n_vis, 1))[..., 0] == value[b, p][:, None]
         return b, p, target
 
     def loss(self, ids: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
-        hidden, (cos, sin) = self.captured.pop()
-        attn = self.layer.self_attn
-        d = attn.head_dim
-        B, n_vis = ids.shape[0], attrs.shape[1]
+        n_vis = attrs.shape[1]
+        _, q_at, k_at = self.head.pop(ids.shape[0])
         b, p, target = self.targets(ids, attrs)
         if b.numel() == 0:
             return torch.zeros((), device=ids.device)
-        x = self.layer.input_layernorm(hidden)
-        cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
-        q = _rope(attn.q_proj(x[b, p])[..., :d], cos[b, p], sin[b, p])                        # [P, d]
-        vis = slice(1, 1 + n_vis)
-        k = _rope(attn.k_proj(x[:, vis])[..., :d], cos[:, vis], sin[:, vis])                  # [B, n_vis, d]
-        logits = torch.einsum("pd,pnd->pn", q.float(), k[b].float()) / d ** 0.5
-        hit = logits.masked_fill(~target, float("-inf")).logsumexp(-1)
-        return _masked_mean(-(hit - logits.logsumexp(-1)), target.any(-1))
+        q, k = q_at(b, p), k_at(slice(None), slice(1, 1 + n_vis))                          # [P, d], [B, n_vis, d]
+        logits = torch.einsum("pd,pnd->pn", q, k[b]) / self.head.d ** 0.5
+        return _attention_ce(logits, target)
 
 
 @torch.no_grad()
