@@ -116,6 +116,17 @@ def base_model(model: nn.Module) -> nn.Module:
     return model.model
 
 
+def vision_encoder(model: nn.Module) -> nn.Module | None:
+    """The vision encoder module get_image_features / get_video_features call: the inner model's `vision_tower`
+    (LLaVA, LLaVA-OneVision) or `visual` (Qwen2.5-VL, Qwen3-VL); None if neither. 5.17-5.24."""
+    inner = getattr(model, "model", model)
+    for name in ("vision_tower", "visual"):
+        module = getattr(inner, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
 def pooled(output):
     """Features of get_*_features: BaseModelOutputWithPooling.pooler_output (5.18+), a tensor or list (5.17)."""
     return getattr(output, "pooler_output", output)

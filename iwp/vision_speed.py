@@ -60,6 +60,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from . import compat
+
 __all__ = ["accelerate_vision", "stock_vision", "vision_parts", "FAMILIES", "INEXACT_FAMILIES"]
 
 _ATTR = "_iwp_vision"                # on the model: {part: undo}, present while any part is applied
@@ -151,12 +153,6 @@ def _qwen25_attentions(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
 def _ov_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, object]:
     """(LlavaOnevisionModel, its vision tower, the vision_feature_layer it reads)."""
     return model.model, model.model.vision_tower, model.config.vision_feature_layer
-
-
-def _vision_tower(model: nn.Module) -> nn.Module:
-    """Qwen2.5-VL's / Qwen3-VL's model.model.visual, OneVision's model.model.vision_tower."""
-    base = model.model
-    return base.visual if hasattr(base, "visual") else base.vision_tower
 
 
 def _ov_reads_every_layer(base: nn.Module) -> bool:
@@ -457,7 +453,7 @@ _ALIGN = 8          # elements: 16-byte rows in bfloat16 / float16, what cuBLAS'
 def _aligned_mlp(model: nn.Module):
     """Pad every vision MLP's intermediate width to a multiple of _ALIGN (module docstring); the undo, or the
     reason it cannot. Not bitwise: the padded GEMMs sum in another order."""
-    mlps = [m for m in _vision_tower(model).modules() if type(m).__name__ in _MLP_LAYOUTS]
+    mlps = [m for m in compat.vision_encoder(model).modules() if type(m).__name__ in _MLP_LAYOUTS]
     if not mlps:
         return f"no vision MLP of a checked class ({', '.join(_MLP_LAYOUTS)})"
     widths = {getattr(m, _MLP_LAYOUTS[type(m).__name__][1][0]).out_features for m in mlps}

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import iwp
-from iwp import overlay
+from iwp import compat, overlay
 from iwp.selection import Selection, TokenGroup, categorize
 
 LADDER = (1.0, 1 / 3, 2 / 9, 1 / 9, 0.05)          # 100 / 33.3 / 22.2 / 11.1 / 5 %
@@ -48,20 +48,9 @@ def prefix_selection(order: Selection, keep_ratio: float) -> Selection:
     return replace(order, groups=[prefix_group(g, keep_ratio) for g in order.groups], keep_ratio=keep_ratio)
 
 
-# --- TRANSFORMERS INTERNAL (checked with 5.17 and 5.24): the vision encoder is the inner model's
-# `vision_tower` (LLaVA, LLaVA-OneVision) or `visual` (Qwen2.5-VL), called as a module from
-# get_image_features / get_video_features. Replacing that one instance's forward (never the class) with a
-# memo lets repeated prefills of one batch reuse its output; iwp.apply/remove wrap get_*_features on the
-# instance and do not touch it.
-def _vision_encoder(model) -> torch.nn.Module | None:
-    inner = getattr(model, "model", model)
-    for name in ("vision_tower", "visual"):
-        module = getattr(inner, name, None)
-        if isinstance(module, torch.nn.Module):
-            return module
-    return None
-
-
+# The vision encoder (iwp.compat.vision_encoder) is called as a module from get_image_features /
+# get_video_features. Replacing that one instance's forward (never the class) with a memo lets repeated
+# prefills of one batch reuse its output; iwp.apply/remove wrap get_*_features on the instance and do not touch it.
 def _same(a, b) -> bool:
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         return a is b
@@ -76,7 +65,7 @@ def _same(a, b) -> bool:
 def one_vision_pass(model):
     """Within the block, the vision encoder runs once per distinct pixel tensor; the calls it answered
     from memory are counted in the yielded dict."""
-    encoder = _vision_encoder(model)
+    encoder = compat.vision_encoder(model)
     stats = {"encoded": 0, "reused": 0}
     if encoder is None:
         yield stats
